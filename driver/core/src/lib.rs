@@ -1,0 +1,18 @@
+//! Warren's shared core: what the controller, the node plugin and the `warren` binary all
+//! need. See docs/design.md for how the parts fit together.
+
+pub mod agent;
+pub mod durable;
+pub mod endpoint;
+pub mod error;
+pub mod identity;
+pub mod ids;
+pub mod lock;
+pub mod params;
+pub mod storage;
+pub mod validate;
+
+pub use error::{Error, Result};
+
+/// Topology key that pins a local volume to its node.
+pub const TOPOLOGY_KEY: &str = "topology.warren.csi.dev/node";

@@ -1,0 +1,80 @@
+//! Per-key async locks: calls on one volume (or one name) run one at a time, calls on
+//! different volumes run in parallel. An entry lives only while someone holds or waits for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+#[derive(Default, Clone)]
+pub struct KeyedLocks {
+    locks: Arc<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
+}
+
+pub struct KeyGuard {
+    _guard: OwnedMutexGuard<()>,
+    key: String,
+    locks: Arc<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> KeyGuard {
+        let mutex = {
+            let mut map = self.locks.lock().unwrap();
+            map.entry(key.to_string()).or_default().clone()
+        };
+        KeyGuard {
+            _guard: mutex.lock_owned().await,
+            key: key.to_string(),
+            locks: self.locks.clone(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.locks.lock().unwrap().len()
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        let mut map = self.locks.lock().unwrap();
+        // Two references: the map's and this guard's mutex; more means someone waits.
+        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_key_is_serialized_and_entries_are_freed() {
+        let locks = KeyedLocks::default();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (locks, inside) = (locks.clone(), inside.clone());
+            tasks.push(tokio::spawn(async move {
+                let _g = locks.lock("vol").await;
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn different_keys_do_not_block() {
+        let locks = KeyedLocks::default();
+        let _a = locks.lock("a").await;
+        let _b = locks.lock("b").await; // would hang if keys shared a lock
+    }
+}

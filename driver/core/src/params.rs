@@ -1,0 +1,118 @@
+//! StorageClass parameters. Unknown keys are refused (a typo must not silently give a
+//! different kind of volume), except the `csi.storage.k8s.io/` keys that Kubernetes
+//! sidecars add on their own.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::ids::Layout;
+use crate::storage::Allocation;
+
+/// The kinds of volume a StorageClass can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalParams {
+    pub layout: Layout,
+    pub allocation: Allocation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeParams {
+    Local(LocalParams),
+}
+
+pub const KEY_BACKEND: &str = "backend";
+pub const KEY_LAYOUT: &str = "layout";
+pub const KEY_ALLOCATION: &str = "allocation";
+
+/// Parses CreateVolume's `parameters`.
+pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
+    let backend = match params.get(KEY_BACKEND).map(String::as_str) {
+        None | Some("local") => Backend::Local,
+        Some(b @ ("nfs" | "share" | "replicated")) => {
+            return Err(Error::InvalidArgument(format!(
+                "backend {b:?} is not available in this version of Warren (supported: \"local\")"
+            )))
+        }
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown backend {other:?} (supported: \"local\")"
+            )))
+        }
+    };
+    match backend {
+        Backend::Local => {
+            let mut local = LocalParams {
+                layout: Layout::Image,
+                allocation: Allocation::Thick,
+            };
+            for (key, value) in params {
+                match key.as_str() {
+                    KEY_BACKEND => {}
+                    KEY_LAYOUT => local.layout = value.parse()?,
+                    KEY_ALLOCATION => {
+                        local.allocation = match value.as_str() {
+                            "thick" => Allocation::Thick,
+                            "thin" => Allocation::Thin,
+                            other => {
+                                return Err(Error::InvalidArgument(format!(
+                                    "unknown allocation {other:?}: expected \"thick\" or \"thin\""
+                                )))
+                            }
+                        }
+                    }
+                    k if k.starts_with("csi.storage.k8s.io/") => {}
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "unknown parameter {other:?} for backend \"local\" (known: backend, layout, allocation)"
+                        )))
+                    }
+                }
+            }
+            Ok(VolumeParams::Local(local))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_thick_images() {
+        let VolumeParams::Local(l) = parse_params(&p(&[])).unwrap();
+        assert_eq!((l.layout, l.allocation), (Layout::Image, Allocation::Thick));
+        let VolumeParams::Local(l) = parse_params(&p(&[
+            ("backend", "local"),
+            ("layout", "dir"),
+            ("csi.storage.k8s.io/pvc/name", "data"),
+        ]))
+        .unwrap();
+        assert_eq!(l.layout, Layout::Dir);
+    }
+
+    #[test]
+    fn unknown_values_and_keys_are_refused() {
+        for bad in [
+            p(&[("backend", "ceph")]),
+            p(&[("backend", "nfs")]),
+            p(&[("layout", "zfs")]),
+            p(&[("allocation", "lazy")]),
+            p(&[("layuot", "dir")]),
+        ] {
+            let err = parse_params(&bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
+}

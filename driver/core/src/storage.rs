@@ -1,0 +1,114 @@
+//! The one interface through which the controller reaches a node's storage. It is served
+//! in-process (`warren all`) or over the authenticated agent channel (`crate::agent`) when
+//! the controller runs apart from the nodes. Every method is idempotent.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::ids::{Layout, SnapshotId, VolumeId};
+
+/// Whether an image volume's blocks are reserved up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// fallocate the whole image: the node can never run out of space under the volume.
+    #[default]
+    Thick,
+    /// A sparse image: blocks are taken as they are written (overcommit is possible).
+    Thin,
+}
+
+/// Where a new volume's first contents come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentSource {
+    Snapshot(SnapshotId),
+    Volume(VolumeId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub id: VolumeId,
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub allocation: Allocation,
+    pub source: Option<ContentSource>,
+}
+
+/// Health of a volume as its node sees it; maps to CSI's VolumeCondition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Condition {
+    pub abnormal: bool,
+    pub message: String,
+}
+
+impl Condition {
+    pub fn healthy() -> Self {
+        Condition {
+            abnormal: false,
+            message: "volume is healthy".into(),
+        }
+    }
+    pub fn abnormal(message: impl Into<String>) -> Self {
+        Condition {
+            abnormal: true,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub source: Option<ContentSource>,
+    pub condition: Condition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    pub name: String,
+    pub source_volume: VolumeId,
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub created_at_secs: i64,
+    pub created_at_nanos: i32,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Bytes a new volume can still take on this node.
+    pub available_bytes: u64,
+    pub total_bytes: u64,
+    /// The largest single volume this node could hold now.
+    pub maximum_volume_bytes: u64,
+}
+
+/// A node's storage, as the controller sees it.
+#[async_trait]
+pub trait NodeStorage: Send + Sync + 'static {
+    /// Creates the volume, or returns it if it exists with the same spec; ALREADY_EXISTS
+    /// if a volume with this id exists with another size or source.
+    async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeInfo>;
+    /// Deletes the volume; a missing volume is success. FAILED_PRECONDITION while it is
+    /// staged or has snapshots that depend on it (never for image volumes: snapshots are copies).
+    async fn delete_volume(&self, id: VolumeId) -> Result<()>;
+    /// Grows the backing store to at least `capacity_bytes`; returns the new size.
+    async fn expand_volume(&self, id: VolumeId, capacity_bytes: u64) -> Result<u64>;
+    async fn get_volume(&self, id: VolumeId) -> Result<VolumeInfo>;
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>>;
+    /// Takes a point-in-time copy (the file system is frozen while it is taken).
+    async fn create_snapshot(
+        &self,
+        id: SnapshotId,
+        name: String,
+        source: VolumeId,
+    ) -> Result<SnapshotInfo>;
+    async fn delete_snapshot(&self, id: SnapshotId) -> Result<()>;
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>>;
+    async fn capacity(&self, layout: Layout) -> Result<Capacity>;
+}
