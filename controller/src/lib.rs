@@ -1,1 +1,12 @@
+//! Warren's CSI Controller service and the cluster-side logic behind it.
 
+pub mod error;
+pub mod nodes;
+pub mod placement;
+pub mod reconcile;
+pub mod records;
+pub mod service;
+
+pub use nodes::Nodes;
+pub use records::Records;
+pub use service::ControllerService;

@@ -1,1 +1,45 @@
-fn main() {}
+//! `warren`: one binary for every role. This file only wires parts together; the logic
+//! lives in warren-controller, warren-node and warren-core.
+
+mod cli;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let format = match &cli.mode {
+        cli::Mode::All(a) => a.common.log_format,
+        cli::Mode::Controller(c) => c.common.log_format,
+        cli::Mode::Node(n) => n.common.log_format,
+    };
+    init_logging(format);
+    // Few threads: a CSI driver is I/O bound, and memory matters on edge nodes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve::run(cli.mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "warren stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: cli::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,5 +1,13 @@
 //! Warren's node plugin: the CSI Node service and the node-local storage behind it.
 
+pub mod copy;
+pub mod decide;
 pub mod error;
+pub mod freeze;
+pub mod fssize;
+pub mod local;
+pub mod paths;
+pub mod service;
+pub mod stage;
 
 pub use error::{Error, Result};

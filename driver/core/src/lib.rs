@@ -2,6 +2,7 @@
 //! need. See docs/design.md for how the parts fit together.
 
 pub mod agent;
+pub mod capability;
 pub mod durable;
 pub mod endpoint;
 pub mod error;

@@ -30,6 +30,19 @@ impl KeyedLocks {
         }
     }
 
+    /// Locks several keys in sorted order, so two callers locking overlapping sets can never
+    /// deadlock each other.
+    pub async fn lock_many(&self, keys: &[&str]) -> Vec<KeyGuard> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut guards = Vec::with_capacity(keys.len());
+        for key in keys {
+            guards.push(self.lock(key).await);
+        }
+        guards
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.locks.lock().unwrap().len()
@@ -69,6 +82,26 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn lock_many_in_opposite_orders_does_not_deadlock() {
+        let locks = KeyedLocks::default();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let locks = locks.clone();
+            tasks.push(tokio::spawn(async move {
+                let keys = if i % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+                let _g = locks.lock_many(&keys).await;
+                tokio::task::yield_now().await;
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                .await
+                .expect("deadlock")
+                .unwrap();
+        }
     }
 
     #[tokio::test]

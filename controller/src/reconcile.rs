@@ -1,0 +1,79 @@
+//! Reconciliation of the controller's records with the nodes, at startup and periodically.
+//!
+//! A record in `Creating` means the CO never got an answer: nobody knows its ID, so the
+//! safe move is to undo it on its node and drop the record (a retried CreateVolume simply
+//! makes it again). A record in `Deleting` is finished. A node that cannot be reached
+//! keeps its records as they are until the next pass. Nothing here ever deletes a volume
+//! that the CO was told about. Each record is handled under the same locks the handlers
+//! take (id, then name), so a pass never races a live CreateVolume or DeleteVolume.
+
+use warren_core::Error;
+
+use crate::records::State;
+use crate::service::ControllerService;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub undone: usize,
+    pub deleted: usize,
+    /// Records left for a later pass (node unreachable or refusing).
+    pub pending: usize,
+}
+
+impl Report {
+    fn count(&mut self, state: State, result: Result<(), Error>, what: &str, id: String) {
+        match result {
+            Ok(()) if state == State::Creating => self.undone += 1,
+            Ok(()) => self.deleted += 1,
+            Err(e) => {
+                self.pending += 1;
+                tracing::warn!(kind = what, id, error = %e, "could not reconcile; will retry");
+            }
+        }
+    }
+}
+
+impl ControllerService {
+    pub async fn reconcile(&self) -> Report {
+        let mut report = Report::default();
+        for stale in self.records().volumes() {
+            if stale.state == State::Ready {
+                continue;
+            }
+            let _id = self.locks().lock(stale.id.key.as_str()).await;
+            let _name = self.locks().lock(&format!("volume-name/{}", stale.name)).await;
+            // Re-read under the locks: a handler may have finished it meanwhile.
+            let Some(rec) = self.records().volume(&stale.id.key) else { continue };
+            if rec.state == State::Ready {
+                continue;
+            }
+            let result = match self.nodes().get(&rec.id.node) {
+                Ok(node) => node.delete_volume(rec.id.clone()).await,
+                Err(e) => Err(e),
+            }
+            .and_then(|()| self.records().remove_volume(&rec.id.key));
+            report.count(rec.state, result, "volume", rec.id.to_string());
+        }
+        for stale in self.records().snapshots() {
+            if stale.state == State::Ready {
+                continue;
+            }
+            let _id = self.locks().lock(stale.id.key.as_str()).await;
+            let _name = self.locks().lock(&format!("snapshot-name/{}", stale.name)).await;
+            let Some(rec) = self.records().snapshot(&stale.id.key) else { continue };
+            if rec.state == State::Ready {
+                continue;
+            }
+            let result = match self.nodes().get(&rec.id.node) {
+                Ok(node) => node.delete_snapshot(rec.id.clone()).await,
+                Err(e) => Err(e),
+            }
+            .and_then(|()| self.records().remove_snapshot(&rec.id.key));
+            report.count(rec.state, result, "snapshot", rec.id.to_string());
+        }
+        if report != Report::default() {
+            tracing::info!(?report, "reconciled records with nodes");
+        }
+        report
+    }
+}

@@ -1,0 +1,88 @@
+//! Command line: `warren all | controller | node`. Every flag can also be set through a
+//! `WARREN_*` environment variable (what a DaemonSet or a systemd unit usually does).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "Warren: a Kubernetes CSI driver for local volumes (warren.csi.dev)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Mode {
+    /// Controller and node in one process: single-node clusters, edge nodes, standalone use.
+    All(AllArgs),
+    /// The CSI Controller service; reaches nodes through their agents.
+    Controller(ControllerArgs),
+    /// The CSI Node service and this node's storage agent.
+    Node(NodeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// CSI endpoint: unix:///path/csi.sock (or tcp://host:port for debugging).
+    #[arg(long, env = "WARREN_ENDPOINT", default_value = "unix:///run/warren/csi.sock")]
+    pub endpoint: String,
+    /// Where Warren keeps its own durable state.
+    #[arg(long, env = "WARREN_STATE_DIR", default_value = "/var/lib/warren")]
+    pub state_dir: PathBuf,
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeSide {
+    /// This node's name (the Kubernetes node name).
+    #[arg(long, env = "WARREN_NODE_ID")]
+    pub node_id: String,
+    /// Directory that holds this node's volumes and snapshots.
+    #[arg(long, env = "WARREN_STORAGE_ROOT", default_value = "/var/lib/warren/storage")]
+    pub storage_root: PathBuf,
+    /// The kubelet's root directory; every staging and target path must lie below it.
+    #[arg(long, env = "WARREN_KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub node: NodeSide,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A node and its agent address, NODE=http://HOST:PORT; repeat per node.
+    #[arg(long = "node-agent", env = "WARREN_NODE_AGENTS", value_delimiter = ',', required = true)]
+    pub node_agents: Vec<String>,
+    /// File holding the shared agent token.
+    #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]
+    pub agent_token_file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub node: NodeSide,
+    /// Address the storage agent listens on for the controller, HOST:PORT.
+    #[arg(long, env = "WARREN_AGENT_LISTEN")]
+    pub agent_listen: String,
+    /// File holding the shared agent token.
+    #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]
+    pub agent_token_file: PathBuf,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,172 @@
+//! Builds the services for a mode and serves them until SIGTERM or Ctrl-C.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_server::ControllerServer;
+use csi_proto::v1::identity_server::IdentityServer;
+use csi_proto::v1::node_server::NodeServer;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use warren_controller::{ControllerService, Nodes, Records};
+use warren_core::endpoint::{bind_unix, Endpoint};
+use warren_core::identity::IdentityService;
+use warren_core::validate::validate_node_id;
+use warren_core::{agent, Error, Result};
+use warren_node::local::LocalStore;
+use warren_node::loopdev::LoopDevices;
+use warren_node::mounter::SystemMounter;
+use warren_node::service::NodeService;
+
+use crate::cli::{Common, Mode, NodeSide};
+
+/// How often the controller retries records a node could not settle at startup.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(mode: Mode) -> Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    match mode {
+        Mode::All(args) => {
+            let store = open_store(&args.node)?;
+            let mut nodes = Nodes::default();
+            nodes.add(&args.node.node_id, Arc::new(store.clone()));
+            let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
+            let node = NodeService::new(store, Arc::new(SystemMounter), args.node.kubelet_dir.clone());
+            ready.store(true, Ordering::Release);
+            let router = Server::builder()
+                .add_service(IdentityServer::new(IdentityService::new(true, ready)))
+                .add_service(ControllerServer::from_arc(controller))
+                .add_service(NodeServer::new(node));
+            serve_csi(router, &args.common.endpoint, stop_rx).await
+        }
+        Mode::Controller(args) => {
+            let token = read_token(&args.agent_token_file)?;
+            let mut nodes = Nodes::default();
+            for entry in &args.node_agents {
+                let (name, address) = entry.split_once('=').ok_or_else(|| {
+                    Error::InvalidArgument(format!("--node-agent {entry:?}: expected NODE=http://HOST:PORT"))
+                })?;
+                validate_node_id(name)?;
+                nodes.add(name, Arc::new(agent::RemoteNodeStorage::new(name, address, &token)?));
+            }
+            let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
+            ready.store(true, Ordering::Release);
+            let router = Server::builder()
+                .add_service(IdentityServer::new(IdentityService::new(true, ready)))
+                .add_service(ControllerServer::from_arc(controller));
+            serve_csi(router, &args.common.endpoint, stop_rx).await
+        }
+        Mode::Node(args) => {
+            let token = read_token(&args.agent_token_file)?;
+            let store = open_store(&args.node)?;
+            let agent_addr: std::net::SocketAddr = args.agent_listen.parse().map_err(|e| {
+                Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
+            })?;
+            let agent_service = agent::server(Arc::new(store.clone()), &token)?;
+            let mut agent_stop = stop_rx.clone();
+            let agent_task = tokio::spawn(
+                Server::builder()
+                    .add_service(agent_service)
+                    .serve_with_shutdown(agent_addr, async move {
+                        let _ = agent_stop.wait_for(|s| *s).await;
+                    }),
+            );
+            tracing::info!(address = %agent_addr, "node agent listening");
+            let node = NodeService::new(store, Arc::new(SystemMounter), args.node.kubelet_dir.clone());
+            ready.store(true, Ordering::Release);
+            let router = Server::builder()
+                .add_service(IdentityServer::new(IdentityService::new(false, ready)))
+                .add_service(NodeServer::new(node));
+            let served = serve_csi(router, &args.common.endpoint, stop_rx).await;
+            agent_task
+                .await
+                .map_err(|e| Error::Internal(format!("agent task: {e}")))?
+                .map_err(|e| Error::Internal(format!("agent server: {e}")))?;
+            served
+        }
+    }
+}
+
+fn open_store(node: &NodeSide) -> Result<LocalStore> {
+    validate_node_id(&node.node_id)?;
+    LocalStore::open(&node.node_id, &node.storage_root, Arc::new(LoopDevices)).map_err(Into::into)
+}
+
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(Error::io(format!("read agent token {}", path.display())))?;
+    let token = token.trim().to_string();
+    agent::validate_token(&token)?;
+    Ok(token)
+}
+
+/// Opens the records, settles what a crash left half done, and keeps retrying what an
+/// unreachable node left pending.
+async fn start_controller(
+    common: &Common,
+    nodes: Nodes,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Arc<ControllerService>> {
+    let records = Arc::new(Records::open(&common.state_dir)?);
+    let controller = Arc::new(ControllerService::new(records, nodes));
+    controller.reconcile().await;
+    let background = controller.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RECONCILE_EVERY) => { background.reconcile().await; }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    Ok(controller)
+}
+
+async fn serve_csi(
+    router: tonic::transport::server::Router,
+    endpoint: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tracing::info!("shutting down");
+    };
+    let result = match Endpoint::parse(endpoint)? {
+        Endpoint::Unix(path) => {
+            let listener = bind_unix(&path)?;
+            tracing::info!(endpoint, version = warren_core::identity::VERSION, "serving CSI");
+            let served = router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown,
+                )
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served
+        }
+        Endpoint::Tcp(addr) => {
+            let addr = addr
+                .parse()
+                .map_err(|e| Error::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?;
+            tracing::info!(endpoint, "serving CSI over TCP (for debugging only)");
+            router.serve_with_shutdown(addr, shutdown).await
+        }
+    };
+    result.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

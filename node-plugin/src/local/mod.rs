@@ -1,0 +1,7 @@
+//! Node-local volumes: the `NodeStorage` a node serves to the controller.
+
+mod meta;
+mod store;
+
+pub use meta::{payload, Dirs, SnapshotMeta, VolumeMeta, DATA, IMAGE, META};
+pub use store::LocalStore;

@@ -1,0 +1,238 @@
+//! The CSI Node service: thin gRPC handlers over `Stager` (stage/publish work) and
+//! `LocalStore` (what this node holds).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use csi_proto::v1::node_server::Node;
+use csi_proto::v1::node_service_capability::{rpc, Rpc, Type as CapType};
+use csi_proto::v1::volume_usage::Unit;
+use csi_proto::v1::*;
+use tonic::{Request, Response, Status};
+use warren_core::capability::parse_capability;
+use warren_core::ids::VolumeId;
+use warren_core::TOPOLOGY_KEY;
+
+use crate::error::Result;
+use crate::local::LocalStore;
+use crate::mounter::Mounter;
+use crate::paths::check_under_root;
+use crate::stage::{Stager, Stats};
+
+pub struct NodeService {
+    store: LocalStore,
+    stager: Arc<Stager>,
+    kubelet_dir: PathBuf,
+}
+
+impl NodeService {
+    pub fn new(store: LocalStore, mounter: Arc<dyn Mounter>, kubelet_dir: PathBuf) -> Self {
+        NodeService {
+            stager: Arc::new(Stager::new(store.clone(), mounter)),
+            store,
+            kubelet_dir,
+        }
+    }
+
+    fn path(&self, field: &str, value: &str) -> Result<PathBuf> {
+        check_under_root(field, value, &self.kubelet_dir)
+    }
+
+    /// Runs blocking stage/publish work under the volume's lock.
+    async fn locked<T: Send + 'static>(
+        &self,
+        id: &VolumeId,
+        f: impl FnOnce(&Stager) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _guard = self.store.lock_volume(&id.key).await;
+        let stager = self.stager.clone();
+        tokio::task::spawn_blocking(move || f(&stager))
+            .await
+            .map_err(|e| Status::internal(format!("node task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+/// A volume id from a node request. A malformed id cannot name a volume Warren made, so it
+/// is NOT_FOUND (what csi-sanity and the spec expect), except an empty one (INVALID_ARGUMENT).
+pub fn volume_id(raw: &str) -> Result<VolumeId, Status> {
+    if raw.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    VolumeId::parse(raw).map_err(|e| Status::not_found(format!("no such volume: {e}")))
+}
+
+fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
+    value.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
+}
+
+fn node_cap(t: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(CapType::Rpc(Rpc { r#type: t as i32 })),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_stage_volume(
+        &self,
+        req: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
+            .map_err(Status::from)?;
+        self.locked(&id, move |s| s.stage(&id, &staging, &cap)).await?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_unstage_volume(
+        &self,
+        req: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        self.locked(&id, move |s| s.unstage(&id, &staging)).await?;
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_publish_volume(
+        &self,
+        req: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        // Warren stages every volume, so the staging path is required here too.
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let target = self.path("target_path", &req.target_path)?;
+        let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
+            .map_err(Status::from)?;
+        let read_only = req.readonly || cap.read_only_mode();
+        self.locked(&id, move |s| s.publish(&id, &staging, &target, &cap, read_only))
+            .await?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        let target = self.path("target_path", &req.target_path)?;
+        self.locked(&id, move |s| s.unpublish(&id, &target)).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        let path = self.path("volume_path", &req.volume_path)?;
+        let stager = self.stager.clone();
+        let (stats, condition) = tokio::task::spawn_blocking(move || stager.stats(&id, &path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::from)?;
+        let usage = match stats {
+            Stats::Block { bytes } => vec![VolumeUsage {
+                total: bytes as i64,
+                unit: Unit::Bytes as i32,
+                ..Default::default()
+            }],
+            Stats::Fs {
+                bytes_total,
+                bytes_available,
+                bytes_used,
+                inodes_total,
+                inodes_free,
+                inodes_used,
+            } => vec![
+                VolumeUsage {
+                    available: bytes_available as i64,
+                    total: bytes_total as i64,
+                    used: bytes_used as i64,
+                    unit: Unit::Bytes as i32,
+                },
+                VolumeUsage {
+                    available: inodes_free as i64,
+                    total: inodes_total as i64,
+                    used: inodes_used as i64,
+                    unit: Unit::Inodes as i32,
+                },
+            ],
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(VolumeCondition {
+                abnormal: condition.abnormal,
+                message: condition.message,
+            }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
+    async fn node_expand_volume(
+        &self,
+        req: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = volume_id(&req.volume_id)?;
+        let path = self.path("volume_path", &req.volume_path)?;
+        if let Some(cap) = req.volume_capability.as_ref() {
+            parse_capability(cap).map_err(Status::from)?;
+        }
+        let required_bytes = req
+            .capacity_range
+            .as_ref()
+            .map(|r| r.required_bytes.max(0) as u64)
+            .unwrap_or(0);
+        let bytes = self
+            .locked(&id, move |s| s.expand(&id, &path, required_bytes))
+            .await?;
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: bytes as i64,
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _req: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                node_cap(rpc::Type::StageUnstageVolume),
+                node_cap(rpc::Type::GetVolumeStats),
+                node_cap(rpc::Type::ExpandVolume),
+                node_cap(rpc::Type::VolumeCondition),
+                node_cap(rpc::Type::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _req: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.store.node_id().to_string(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(Topology {
+                segments: HashMap::from([(
+                    TOPOLOGY_KEY.to_string(),
+                    self.store.node_id().to_string(),
+                )]),
+            }),
+        }))
+    }
+}
