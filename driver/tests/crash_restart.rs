@@ -1,0 +1,109 @@
+//! `kill -9` at arbitrary points during a burst of CreateVolume and DeleteVolume, then a
+//! restart: no volume the client was told about is lost, and no volume exists on disk
+//! without a record (no orphans).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use csi_proto::v1::*;
+
+async fn listed(w: &Warren) -> BTreeSet<String> {
+    let mut client = w.controller().await;
+    let resp = client.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
+    resp.entries.into_iter().map(|e| e.volume.unwrap().volume_id).collect()
+}
+
+fn key_of(id: &str) -> String {
+    id.rsplit('#').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
+    let mut w = Warren::start();
+    let names: Vec<String> = (0..16).map(|i| format!("pvc-crash-{i:02}")).collect();
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+
+    for (round, delay_ms) in [3u64, 25, 60, 120].into_iter().enumerate() {
+        // Creates (retries of earlier names included) and deletes of some acknowledged ones.
+        let mut tasks = Vec::new();
+        for name in &names {
+            let mut client = w.controller().await;
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = create_request(&name, 32 * MIB);
+                let r = client.create_volume(req).await;
+                (name, r.map(|r| r.into_inner().volume.unwrap().volume_id))
+            }));
+        }
+        let to_delete: Vec<String> = acknowledged.values().take(2 + round).cloned().collect();
+        let mut deletes = Vec::new();
+        for id in to_delete {
+            let mut client = w.controller().await;
+            deletes.push(tokio::spawn(async move {
+                let r = client.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await;
+                (id, r.is_ok())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        w.kill9();
+        for t in tasks {
+            if let (name, Ok(id)) = t.await.unwrap() {
+                if let Some(old) = acknowledged.get(&name) {
+                    assert_eq!(old, &id, "CreateVolume({name}) answered two different ids");
+                }
+                acknowledged.insert(name, id);
+            }
+        }
+        for d in deletes {
+            let (id, ok) = d.await.unwrap();
+            if ok {
+                deleted.insert(id.clone());
+                acknowledged.retain(|_, v| *v != id);
+            }
+        }
+
+        w.spawn();
+        let now_listed = listed(&w).await;
+        for (name, id) in &acknowledged {
+            // A delete that was in flight may have completed before the kill; only an
+            // acknowledged create that was never asked to be deleted must survive.
+            if !deleted.contains(id) && !now_listed.contains(id) {
+                let was_being_deleted = w.log().contains(id.as_str());
+                assert!(was_being_deleted, "acknowledged volume {name} ({id}) was lost");
+            }
+        }
+        let on_disk: BTreeSet<String> = volumes_on_disk(&w.storage()).into_iter().collect();
+        let listed_keys: BTreeSet<String> = now_listed.iter().map(|id| key_of(id)).collect();
+        assert_eq!(on_disk, listed_keys, "round {round}: disk and records disagree (orphan or lost volume)");
+        // Forget acknowledged volumes that an in-flight delete removed.
+        acknowledged.retain(|_, id| now_listed.contains(id));
+    }
+
+    // Every name can still be created; acknowledged ones come back with the same id.
+    let mut client = w.controller().await;
+    for name in &names {
+        let id = client.create_volume(create_request(name, 32 * MIB)).await.unwrap().into_inner().volume.unwrap().volume_id;
+        if let Some(old) = acknowledged.get(name) {
+            assert_eq!(old, &id, "{name} changed id across restarts");
+        }
+    }
+    assert_eq!(volumes_on_disk(&w.storage()).len(), names.len());
+    assert_eq!(listed(&w).await.len(), names.len());
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let mut w = Warren::start();
+    let mut identity = w.identity().await;
+    let probe = identity.probe(ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let child = w.child.take().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit status {:?}; log:\n{}", output.status, w.log());
+    assert!(!w.socket().exists(), "socket left behind after SIGTERM");
+}
