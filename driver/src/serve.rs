@@ -120,10 +120,14 @@ async fn start_controller(
     let background = controller.clone();
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RECONCILE_EVERY) => { background.reconcile().await; }
-                _ = stop.wait_for(|s| *s) => break,
+            let stopped = tokio::select! {
+                _ = tokio::time::sleep(RECONCILE_EVERY) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                break;
             }
+            background.reconcile().await;
         }
     });
     Ok(controller)

@@ -3,9 +3,14 @@
 pub mod copy;
 pub mod decide;
 pub mod error;
+pub mod filesystem;
+pub mod fsprobe;
 pub mod freeze;
 pub mod fssize;
 pub mod local;
+pub mod loopdev;
+pub mod mounter;
+pub mod mountinfo;
 pub mod paths;
 pub mod service;
 pub mod stage;

@@ -42,12 +42,12 @@ impl NodeService {
     /// Runs blocking stage/publish work under the volume's lock.
     async fn locked<T: Send + 'static>(
         &self,
-        id: &VolumeId,
-        f: impl FnOnce(&Stager) -> Result<T> + Send + 'static,
+        id: VolumeId,
+        f: impl FnOnce(&Stager, &VolumeId) -> Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let _guard = self.store.lock_volume(&id.key).await;
         let stager = self.stager.clone();
-        tokio::task::spawn_blocking(move || f(&stager))
+        tokio::task::spawn_blocking(move || f(&stager, &id))
             .await
             .map_err(|e| Status::internal(format!("node task failed: {e}")))?
             .map_err(Status::from)
@@ -85,7 +85,7 @@ impl Node for NodeService {
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
             .map_err(Status::from)?;
-        self.locked(&id, move |s| s.stage(&id, &staging, &cap)).await?;
+        self.locked(id, move |s, id| s.stage(id, &staging, &cap)).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -97,7 +97,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         let id = volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        self.locked(&id, move |s| s.unstage(&id, &staging)).await?;
+        self.locked(id, move |s, id| s.unstage(id, &staging)).await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -114,7 +114,7 @@ impl Node for NodeService {
         let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
             .map_err(Status::from)?;
         let read_only = req.readonly || cap.read_only_mode();
-        self.locked(&id, move |s| s.publish(&id, &staging, &target, &cap, read_only))
+        self.locked(id, move |s, id| s.publish(id, &staging, &target, &cap, read_only))
             .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -127,7 +127,7 @@ impl Node for NodeService {
         let req = req.into_inner();
         let id = volume_id(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
-        self.locked(&id, move |s| s.unpublish(&id, &target)).await?;
+        self.locked(id, move |s, id| s.unpublish(id, &target)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -197,8 +197,7 @@ impl Node for NodeService {
             .as_ref()
             .map(|r| r.required_bytes.max(0) as u64)
             .unwrap_or(0);
-        let bytes = self
-            .locked(&id, move |s| s.expand(&id, &path, required_bytes))
+        let bytes = self.locked(id, move |s, id| s.expand(id, &path, required_bytes))
             .await?;
         Ok(Response::new(NodeExpandVolumeResponse {
             capacity_bytes: bytes as i64,

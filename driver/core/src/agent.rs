@@ -50,6 +50,12 @@ pub struct TokenCheck {
     expected: Arc<[u8]>,
 }
 
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        self.check(&req).map(|()| req)
+    }
+}
+
 impl TokenCheck {
     pub fn check(&self, req: &Request<()>) -> std::result::Result<(), Status> {
         let given = req
@@ -76,10 +82,8 @@ pub fn validate_token(token: &str) -> Result<()> {
     Ok(())
 }
 
-pub type AgentServer = tonic::service::interceptor::InterceptedService<
-    NodeStorageServer<Agent>,
-    Box<dyn FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Send + Sync>,
->;
+pub type AgentServer =
+    tonic::service::interceptor::InterceptedService<NodeStorageServer<Agent>, TokenCheck>;
 
 /// Wraps a node's storage as an authenticated gRPC service.
 pub fn server(storage: Arc<dyn NodeStorage>, token: &str) -> Result<AgentServer> {
@@ -87,13 +91,7 @@ pub fn server(storage: Arc<dyn NodeStorage>, token: &str) -> Result<AgentServer>
     let check = TokenCheck {
         expected: token.as_bytes().into(),
     };
-    let interceptor: Box<
-        dyn FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Send + Sync,
-    > = Box::new(move |req| check.check(&req).map(|()| req));
-    Ok(NodeStorageServer::with_interceptor(
-        Agent { storage },
-        interceptor,
-    ))
+    Ok(NodeStorageServer::with_interceptor(Agent { storage }, check))
 }
 
 pub struct Agent {
