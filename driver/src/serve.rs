@@ -70,13 +70,15 @@ pub async fn run(mode: Mode) -> Result<()> {
                 Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
             })?;
             let agent_service = agent::server(Arc::new(store.clone()), &token)?;
-            let mut agent_stop = stop_rx.clone();
+            // Bind now, so a taken port fails startup instead of a background task.
+            let agent_listener = tokio::net::TcpListener::bind(agent_addr)
+                .await
+                .map_err(Error::io(format!("bind agent {agent_addr}")))?;
+            let agent_addr = agent_listener.local_addr().map_err(Error::io("agent address"))?;
             let agent_task = tokio::spawn(
                 Server::builder()
                     .add_service(agent_service)
-                    .serve_with_shutdown(agent_addr, async move {
-                        let _ = agent_stop.wait_for(|s| *s).await;
-                    }),
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener)),
             );
             tracing::info!(address = %agent_addr, "node agent listening");
             let node = NodeService::new(store, Arc::new(SystemMounter), args.node.kubelet_dir.clone());
@@ -85,10 +87,9 @@ pub async fn run(mode: Mode) -> Result<()> {
                 .add_service(IdentityServer::new(IdentityService::new(false, ready)))
                 .add_service(NodeServer::new(node));
             let served = serve_csi(router, &args.common.endpoint, stop_rx).await;
-            agent_task
-                .await
-                .map_err(|e| Error::Internal(format!("agent task: {e}")))?
-                .map_err(|e| Error::Internal(format!("agent server: {e}")))?;
+            // The CSI side has had its grace period; the agent's calls are covered by the
+            // controller's retries and records.
+            agent_task.abort();
             served
         }
     }
@@ -133,15 +134,42 @@ async fn start_controller(
     Ok(controller)
 }
 
+/// How long in-flight calls get to finish after SIGTERM. Kubelet and the sidecars keep
+/// their connections open forever, so waiting for them to close would never end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 async fn serve_csi(
     router: tonic::transport::server::Router,
     endpoint: &str,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut grace_stop = stop.clone();
+    let grace = async move {
+        let _ = grace_stop.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let mut stop = stop;
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
         tracing::info!("shutting down");
     };
+    tokio::select! {
+        result = serve_until(router, endpoint, shutdown) => result,
+        () = grace => {
+            tracing::info!("clients still connected after the grace period; exiting");
+            if let Ok(Endpoint::Unix(path)) = Endpoint::parse(endpoint) {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve_until(
+    router: tonic::transport::server::Router,
+    endpoint: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
     let result = match Endpoint::parse(endpoint)? {
         Endpoint::Unix(path) => {
             let listener = bind_unix(&path)?;

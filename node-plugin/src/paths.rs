@@ -1,7 +1,7 @@
 //! Target and staging paths come from the CO. Warren only ever mounts on, creates or removes
 //! paths under the kubelet directory; anything else is refused before any I/O on it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use warren_core::Error as CoreError;
 
@@ -24,10 +24,8 @@ pub fn check_under_root(field: &str, path: &str, root: &Path) -> Result<PathBuf>
     if !candidate.is_absolute() {
         return Err(bad("must be absolute".into()).into());
     }
-    if candidate
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    // Check the raw segments: `Path::components` silently drops inner "." segments.
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
         return Err(bad("must not contain '.' or '..'".into()).into());
     }
     if !candidate.starts_with(root) || candidate == root {

@@ -97,9 +97,10 @@ impl Drop for Warren {
     }
 }
 
+/// Waits until the socket accepts connections (a stale file from a killed process does not).
 pub fn wait_for_socket(path: &Path) {
     let start = Instant::now();
-    while !path.exists() {
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         assert!(start.elapsed() < Duration::from_secs(20), "warren did not create {}", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
