@@ -327,11 +327,14 @@ impl ControllerService {
     }
 
     async fn expand_inner(&self, req: ControllerExpandVolumeRequest) -> Result<(u64, bool)> {
-        let rec = self.ready_volume(&req.volume_id)?;
+        if req.volume_id.is_empty() {
+            return Err(Error::InvalidArgument("volume_id is required".into()));
+        }
         let range = req
             .capacity_range
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
+        let rec = self.ready_volume(&req.volume_id)?;
         let block = match req.volume_capability.as_ref() {
             Some(cap) => parse_capability(cap)?.access == Access::Block,
             None => rec.block,

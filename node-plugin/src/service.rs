@@ -39,6 +39,20 @@ impl NodeService {
         check_under_root(field, value, &self.kubelet_dir)
     }
 
+    /// For calls that read what is at a volume path (stats, expand): after the required
+    /// fields, an unknown volume is NOT_FOUND, and so is a path that cannot hold it (not
+    /// below the kubelet dir): nothing is ever created there.
+    fn volume_at_path(&self, raw_id: &str, raw_path: &str) -> Result<(VolumeId, PathBuf), Status> {
+        if raw_path.is_empty() {
+            return Err(Status::invalid_argument("volume_path is required"));
+        }
+        let id = volume_id(raw_id)?;
+        let path = self
+            .path("volume_path", raw_path)
+            .map_err(|e| Status::not_found(format!("volume {id} is not at that path: {e}")))?;
+        Ok((id, path))
+    }
+
     /// Runs blocking stage/publish work under the volume's lock.
     async fn locked<T: Send + 'static>(
         &self,
@@ -81,10 +95,10 @@ impl Node for NodeService {
         req: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
             .map_err(Status::from)?;
+        let id = volume_id(&req.volume_id)?;
         self.locked(id, move |s, id| s.stage(id, &staging, &cap)).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
@@ -95,8 +109,8 @@ impl Node for NodeService {
         req: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let id = volume_id(&req.volume_id)?;
         self.locked(id, move |s, id| s.unstage(id, &staging)).await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
@@ -107,12 +121,12 @@ impl Node for NodeService {
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
         // Warren stages every volume, so the staging path is required here too.
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let target = self.path("target_path", &req.target_path)?;
         let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
             .map_err(Status::from)?;
+        let id = volume_id(&req.volume_id)?;
         let read_only = req.readonly || cap.read_only_mode();
         self.locked(id, move |s, id| s.publish(id, &staging, &target, &cap, read_only))
             .await?;
@@ -125,8 +139,8 @@ impl Node for NodeService {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
         let target = self.path("target_path", &req.target_path)?;
+        let id = volume_id(&req.volume_id)?;
         self.locked(id, move |s, id| s.unpublish(id, &target)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
@@ -137,8 +151,7 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
+        let (id, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         let stager = self.stager.clone();
         let (stats, condition) = tokio::task::spawn_blocking(move || stager.stats(&id, &path))
             .await
@@ -187,8 +200,7 @@ impl Node for NodeService {
         req: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
-        let id = volume_id(&req.volume_id)?;
-        let path = self.path("volume_path", &req.volume_path)?;
+        let (id, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         if let Some(cap) = req.volume_capability.as_ref() {
             parse_capability(cap).map_err(Status::from)?;
         }

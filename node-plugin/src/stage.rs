@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use csi_proto::v1::volume_capability::access_mode::Mode;
 use warren_core::capability::{Access, Requested};
 use warren_core::ids::{Layout, VolumeId};
 use warren_core::storage::Condition;
@@ -202,6 +203,11 @@ impl Stager {
                     precondition(format!("volume {id} is not staged on this node"))
                 })?;
                 let same = existing.is_some() && same_device_node(target, &dev);
+                let node_name = dev.file_name().map(|n| Path::new("/").join(n));
+                let others = mounts.iter().filter(|m| {
+                    Some(&m.root) == node_name.as_ref() && m.mount_point != target
+                });
+                single_writer_check(cap, others)?;
                 match decide::bind(existing, same, read_only) {
                     MountAction::AlreadyMounted => Ok(()),
                     MountAction::Conflict(m) => Err(conflict(m)),
@@ -212,12 +218,19 @@ impl Stager {
                 }
             }
             Access::Mount { mount_flags, .. } => {
-                if mount_at(&mounts, staging).is_none() {
+                let Some(staged) = mount_at(&mounts, staging) else {
                     return Err(precondition(format!(
                         "volume {id} is not staged at {}",
                         staging.display()
                     )));
-                }
+                };
+                let others = mounts.iter().filter(|m| {
+                    m.major_minor == staged.major_minor
+                        && m.root == staged.root
+                        && m.mount_point != staging
+                        && m.mount_point != target
+                });
+                single_writer_check(cap, others)?;
                 let same = existing.is_some() && identity(target) == identity(staging);
                 match decide::bind(existing, same, read_only) {
                     MountAction::AlreadyMounted => Ok(()),
@@ -315,6 +328,24 @@ impl Stager {
         let fs = FsType::parse(&entry.fs_type)?;
         grow_fs(&dev, path, fs)?;
         block_device_size(&dev)
+    }
+}
+
+/// SINGLE_NODE_SINGLE_WRITER allows one publish at a time; `others` are the volume's
+/// publishes at other targets.
+fn single_writer_check<'a>(
+    cap: &Requested,
+    mut others: impl Iterator<Item = &'a MountEntry>,
+) -> Result<()> {
+    if cap.mode != Mode::SingleNodeSingleWriter {
+        return Ok(());
+    }
+    match others.next() {
+        Some(m) => Err(precondition(format!(
+            "the volume is single-writer and already published at {}",
+            m.mount_point.display()
+        ))),
+        None => Ok(()),
     }
 }
 
