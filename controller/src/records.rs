@@ -35,6 +35,9 @@ pub struct VolumeRecord {
     pub source: Option<ContentSource>,
     /// Created for raw block access (no node-side file system growth).
     pub block: bool,
+    /// The StorageClass's `fsType`, handed to the node in the volume context.
+    #[serde(default)]
+    pub fs_type: Option<String>,
     pub state: State,
 }
 
@@ -193,6 +196,7 @@ mod tests {
             allocation: Allocation::Thick,
             source: None,
             block: false,
+            fs_type: None,
             state: State::Creating,
         }
     }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use warren_core::capability::{parse_capabilities, parse_capability, Access};
 use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
 use warren_core::lock::KeyedLocks;
-use warren_core::params::{parse_params, VolumeParams};
+use warren_core::params::{parse_params, VolumeParams, CONTEXT_FS_TYPE};
 use warren_core::storage::{ContentSource, SnapshotInfo, VolumeSpec};
 use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
@@ -62,6 +62,10 @@ fn timestamp(info: &SnapshotInfo) -> prost_types::Timestamp {
 }
 
 fn csi_volume(rec: &VolumeRecord) -> Volume {
+    let mut volume_context = HashMap::from([("layout".to_string(), rec.id.layout.as_str().to_string())]);
+    if let Some(fs) = &rec.fs_type {
+        volume_context.insert(CONTEXT_FS_TYPE.to_string(), fs.clone());
+    }
     let content_source = rec.source.as_ref().map(|s| VolumeContentSource {
         r#type: Some(match s {
             ContentSource::Snapshot(id) => {
@@ -79,7 +83,7 @@ fn csi_volume(rec: &VolumeRecord) -> Volume {
     Volume {
         capacity_bytes: rec.capacity_bytes as i64,
         volume_id: rec.id.to_string(),
-        volume_context: HashMap::from([("layout".to_string(), rec.id.layout.as_str().to_string())]),
+        volume_context,
         content_source,
         accessible_topology: vec![topology(&rec.id.node)],
     }
@@ -210,7 +214,8 @@ impl ControllerService {
             let same = rec.capacity_bytes == capacity
                 && rec.source == source
                 && rec.id.layout == params.layout
-                && rec.allocation == params.allocation;
+                && rec.allocation == params.allocation
+                && rec.fs_type == params.fs_type;
             if !same {
                 return Err(Error::AlreadyExists(format!(
                     "volume {:?} exists with another size, source or parameters",
@@ -260,6 +265,7 @@ impl ControllerService {
             allocation: params.allocation,
             source,
             block,
+            fs_type: params.fs_type.clone(),
             state: State::Creating,
         };
         self.records.put_volume(&rec)?;

@@ -10,7 +10,8 @@ use csi_proto::v1::node_service_capability::{rpc, Rpc, Type as CapType};
 use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
-use warren_core::capability::parse_capability;
+use warren_core::capability::{parse_capability, Access};
+use warren_core::params::CONTEXT_FS_TYPE;
 use warren_core::ids::VolumeId;
 use warren_core::TOPOLOGY_KEY;
 
@@ -96,8 +97,16 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
+        let mut cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
             .map_err(Status::from)?;
+        // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
+        if let (Access::Mount { fs_type, .. }, Some(default)) =
+            (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
+        {
+            if fs_type.is_empty() {
+                *fs_type = default.clone();
+            }
+        }
         let id = volume_id(&req.volume_id)?;
         self.locked(id, move |s, id| s.stage(id, &staging, &cap)).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))

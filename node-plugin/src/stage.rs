@@ -305,15 +305,16 @@ impl Stager {
                 path.display()
             )))
         })?;
-        if required_bytes > meta.capacity_bytes {
-            return Err(CoreError::OutOfRange(format!(
-                "volume {id} is {} bytes; expand it through the controller before the node",
-                meta.capacity_bytes
-            ))
-            .into());
-        }
+        // Normally ControllerExpandVolume has grown the backing store already; a CO that
+        // only calls the node (as csi-sanity does against a node-only endpoint) gets the
+        // same result here, since this node owns the backing store.
+        let capacity = if required_bytes > meta.capacity_bytes {
+            self.store.expand_locked(id, required_bytes)?
+        } else {
+            meta.capacity_bytes
+        };
         if id.layout == Layout::Dir {
-            return Ok(meta.capacity_bytes);
+            return Ok(capacity);
         }
         let image = self.image(&meta);
         self.store.devices().refresh_size(&image)?;

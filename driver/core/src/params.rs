@@ -18,6 +18,8 @@ pub enum Backend {
 pub struct LocalParams {
     pub layout: Layout,
     pub allocation: Allocation,
+    /// File system to make when the capability names none (`fsType` parameter).
+    pub fs_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub enum VolumeParams {
 pub const KEY_BACKEND: &str = "backend";
 pub const KEY_LAYOUT: &str = "layout";
 pub const KEY_ALLOCATION: &str = "allocation";
+pub const KEY_FS_TYPE: &str = "fsType";
+
+/// Volume-context key carrying the StorageClass's `fsType` to NodeStageVolume.
+pub const CONTEXT_FS_TYPE: &str = "warren.csi.dev/fsType";
 
 /// Parses CreateVolume's `parameters`.
 pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
@@ -49,6 +55,7 @@ pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
             let mut local = LocalParams {
                 layout: Layout::Image,
                 allocation: Allocation::Thick,
+                fs_type: None,
             };
             for (key, value) in params {
                 match key.as_str() {
@@ -65,10 +72,18 @@ pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
                             }
                         }
                     }
+                    KEY_FS_TYPE => match value.as_str() {
+                        "ext4" | "xfs" => local.fs_type = Some(value.clone()),
+                        other => {
+                            return Err(Error::InvalidArgument(format!(
+                                "unknown fsType {other:?}: expected \"ext4\" or \"xfs\""
+                            )))
+                        }
+                    },
                     k if k.starts_with("csi.storage.k8s.io/") => {}
                     other => {
                         return Err(Error::InvalidArgument(format!(
-                            "unknown parameter {other:?} for backend \"local\" (known: backend, layout, allocation)"
+                            "unknown parameter {other:?} for backend \"local\" (known: backend, layout, allocation, fsType)"
                         )))
                     }
                 }
@@ -109,6 +124,7 @@ mod tests {
             p(&[("backend", "nfs")]),
             p(&[("layout", "zfs")]),
             p(&[("allocation", "lazy")]),
+            p(&[("fsType", "ntfs")]),
             p(&[("layuot", "dir")]),
         ] {
             let err = parse_params(&bad).unwrap_err();

@@ -91,6 +91,11 @@ impl LocalStore {
         self.inner.condition(meta)
     }
 
+    /// Grows a volume whose lock the caller already holds (node-side expansion).
+    pub fn expand_locked(&self, id: &VolumeId, capacity_bytes: u64) -> Result<u64> {
+        self.inner.expand_volume(id, capacity_bytes)
+    }
+
     /// Reads a volume's metadata; NOT_FOUND if this node does not hold it.
     pub fn volume_meta(&self, id: &VolumeId) -> Result<VolumeMeta> {
         self.inner.volume_meta(id)
