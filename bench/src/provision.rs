@@ -23,7 +23,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: {} SOCKET KUBELET_DIR LAYOUT [COUNT] [SIZE_MIB] [FSTYPE]", args[0]);
+        eprintln!(
+            "usage: {} SOCKET KUBELET_DIR LAYOUT [COUNT] [SIZE_MIB] [FSTYPE]",
+            args[0]
+        );
         std::process::exit(2);
     }
     let socket = PathBuf::from(&args[1]);
@@ -36,14 +39,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channel = Endpoint::try_from("http://[::]:50051")?
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
-            async move { tokio::net::UnixStream::connect(socket).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await?;
     let mut ctl = ControllerClient::new(channel.clone());
     let mut node = NodeClient::new(channel);
     let cap = VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume { fs_type, ..Default::default() })),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type,
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     };
 
     let run = std::process::id();
@@ -56,7 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let vol = ctl
             .create_volume(CreateVolumeRequest {
                 name: format!("bench-{run}-{layout}-{i}"),
-                capacity_range: Some(CapacityRange { required_bytes: size_mib << 20, limit_bytes: 0 }),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: size_mib << 20,
+                    limit_bytes: 0,
+                }),
                 volume_capabilities: vec![cap.clone()],
                 parameters: [("layout".to_string(), layout.clone())].into(),
                 ..Default::default()
@@ -94,7 +109,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             staging_target_path: staging.display().to_string(),
         })
         .await?;
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await?;
+        ctl.delete_volume(DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await?;
     }
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

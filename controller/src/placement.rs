@@ -64,7 +64,9 @@ pub fn candidates(
     if out.is_empty() {
         return Err(Error::ResourceExhausted(format!(
             "no node satisfies the volume's topology requirements{} (known nodes: {})",
-            pinned.map(|p| format!(" and its source's node {p:?}")).unwrap_or_default(),
+            pinned
+                .map(|p| format!(" and its source's node {p:?}"))
+                .unwrap_or_default(),
             known.join(", ")
         )));
     }
@@ -92,13 +94,19 @@ mod tests {
             requisite: vec![topo("b"), topo("c")],
             preferred: vec![topo("c"), topo("a")],
         };
-        assert_eq!(candidates(Some(&req), &known, None, &known).unwrap(), nodes(&["c", "b"]));
+        assert_eq!(
+            candidates(Some(&req), &known, None, &known).unwrap(),
+            nodes(&["c", "b"])
+        );
     }
 
     #[test]
     fn no_requirements_use_fallback_order() {
         let known = nodes(&["a", "b"]);
-        assert_eq!(candidates(None, &known, None, &nodes(&["b", "a"])).unwrap(), nodes(&["b", "a"]));
+        assert_eq!(
+            candidates(None, &known, None, &nodes(&["b", "a"])).unwrap(),
+            nodes(&["b", "a"])
+        );
     }
 
     #[test]
@@ -116,7 +124,10 @@ mod tests {
             preferred: vec![],
         };
         assert!(candidates(Some(&req), &nodes(&["a", "b"]), Some("b"), &known).is_err());
-        assert_eq!(candidates(None, &nodes(&["a", "b"]), Some("b"), &known).unwrap(), nodes(&["b"]));
+        assert_eq!(
+            candidates(None, &nodes(&["a", "b"]), Some("b"), &known).unwrap(),
+            nodes(&["b"])
+        );
     }
 
     #[test]

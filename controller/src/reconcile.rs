@@ -41,9 +41,14 @@ impl ControllerService {
                 continue;
             }
             let _id = self.locks().lock(stale.id.key.as_str()).await;
-            let _name = self.locks().lock(&format!("volume-name/{}", stale.name)).await;
+            let _name = self
+                .locks()
+                .lock(&format!("volume-name/{}", stale.name))
+                .await;
             // Re-read under the locks: a handler may have finished it meanwhile.
-            let Some(rec) = self.records().volume(&stale.id.key) else { continue };
+            let Some(rec) = self.records().volume(&stale.id.key) else {
+                continue;
+            };
             if rec.state == State::Ready {
                 continue;
             }
@@ -59,8 +64,13 @@ impl ControllerService {
                 continue;
             }
             let _id = self.locks().lock(stale.id.key.as_str()).await;
-            let _name = self.locks().lock(&format!("snapshot-name/{}", stale.name)).await;
-            let Some(rec) = self.records().snapshot(&stale.id.key) else { continue };
+            let _name = self
+                .locks()
+                .lock(&format!("snapshot-name/{}", stale.name))
+                .await;
+            let Some(rec) = self.records().snapshot(&stale.id.key) else {
+                continue;
+            };
             if rec.state == State::Ready {
                 continue;
             }

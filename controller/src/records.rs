@@ -86,11 +86,13 @@ impl Records {
         let snapshots_dir = base.join("snapshots");
         let mut maps = Maps::default();
         for rec in load_dir::<VolumeRecord>(&volumes_dir)? {
-            maps.volume_names.insert(rec.name.clone(), rec.id.key.clone());
+            maps.volume_names
+                .insert(rec.name.clone(), rec.id.key.clone());
             maps.volumes.insert(rec.id.key.clone(), rec);
         }
         for rec in load_dir::<SnapshotRecord>(&snapshots_dir)? {
-            maps.snapshot_names.insert(rec.name.clone(), rec.id.key.clone());
+            maps.snapshot_names
+                .insert(rec.name.clone(), rec.id.key.clone());
             maps.snapshots.insert(rec.id.key.clone(), rec);
         }
         Ok(Records {
@@ -118,14 +120,21 @@ impl Records {
 
     /// Volumes in key order (stable for paging).
     pub fn volumes(&self) -> Vec<VolumeRecord> {
-        self.inner.lock().unwrap().volumes.values().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .volumes
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Writes the record durably, then makes it visible.
     pub fn put_volume(&self, rec: &VolumeRecord) -> Result<()> {
         write_json_atomic(&Self::file(&self.volumes_dir, &rec.id.key), rec)?;
         let mut maps = self.inner.lock().unwrap();
-        maps.volume_names.insert(rec.name.clone(), rec.id.key.clone());
+        maps.volume_names
+            .insert(rec.name.clone(), rec.id.key.clone());
         maps.volumes.insert(rec.id.key.clone(), rec.clone());
         Ok(())
     }
@@ -153,13 +162,20 @@ impl Records {
     }
 
     pub fn snapshots(&self) -> Vec<SnapshotRecord> {
-        self.inner.lock().unwrap().snapshots.values().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .snapshots
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn put_snapshot(&self, rec: &SnapshotRecord) -> Result<()> {
         write_json_atomic(&Self::file(&self.snapshots_dir, &rec.id.key), rec)?;
         let mut maps = self.inner.lock().unwrap();
-        maps.snapshot_names.insert(rec.name.clone(), rec.id.key.clone());
+        maps.snapshot_names
+            .insert(rec.name.clone(), rec.id.key.clone());
         maps.snapshots.insert(rec.id.key.clone(), rec.clone());
         Ok(())
     }

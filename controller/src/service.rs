@@ -62,7 +62,8 @@ fn timestamp(info: &SnapshotInfo) -> prost_types::Timestamp {
 }
 
 fn csi_volume(rec: &VolumeRecord) -> Volume {
-    let mut volume_context = HashMap::from([("layout".to_string(), rec.id.layout.as_str().to_string())]);
+    let mut volume_context =
+        HashMap::from([("layout".to_string(), rec.id.layout.as_str().to_string())]);
     if let Some(fs) = &rec.fs_type {
         volume_context.insert(CONTEXT_FS_TYPE.to_string(), fs.clone());
     }
@@ -108,7 +109,9 @@ fn page<T: Clone>(
     token: &str,
 ) -> Result<(Vec<T>, String)> {
     if max_entries < 0 {
-        return Err(Error::InvalidArgument("max_entries must not be negative".into()));
+        return Err(Error::InvalidArgument(
+            "max_entries must not be negative".into(),
+        ));
     }
     let start = if token.is_empty() {
         0
@@ -118,7 +121,11 @@ fn page<T: Clone>(
         items.partition_point(|i| key(i) <= &after)
     };
     let rest = &items[start..];
-    let take = if max_entries == 0 { rest.len() } else { (max_entries as usize).min(rest.len()) };
+    let take = if max_entries == 0 {
+        rest.len()
+    } else {
+        (max_entries as usize).min(rest.len())
+    };
     let next = if take < rest.len() {
         key(&rest[take - 1]).to_string()
     } else {
@@ -152,30 +159,53 @@ impl ControllerService {
     async fn nodes_by_free_space(&self, layout: Layout) -> Vec<String> {
         let mut scored = Vec::new();
         for (name, node) in self.nodes.iter() {
-            let free = node.capacity(layout).await.map(|c| c.available_bytes).unwrap_or(0);
+            let free = node
+                .capacity(layout)
+                .await
+                .map(|c| c.available_bytes)
+                .unwrap_or(0);
             scored.push((free, name.clone()));
         }
         scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         scored.into_iter().map(|(_, n)| n).collect()
     }
 
-    fn content_source(&self, source: Option<&VolumeContentSource>) -> Result<Option<ContentSource>> {
+    fn content_source(
+        &self,
+        source: Option<&VolumeContentSource>,
+    ) -> Result<Option<ContentSource>> {
         use volume_content_source::Type;
-        let Some(source) = source else { return Ok(None) };
+        let Some(source) = source else {
+            return Ok(None);
+        };
         match &source.r#type {
             Some(Type::Snapshot(s)) => {
                 let id = parse_id("snapshot source id", &s.snapshot_id, SnapshotId::parse)?
-                    .filter(|id| self.records.snapshot(&id.key).is_some_and(|r| r.id == *id && r.state == State::Ready))
-                    .ok_or_else(|| Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id)))?;
+                    .filter(|id| {
+                        self.records
+                            .snapshot(&id.key)
+                            .is_some_and(|r| r.id == *id && r.state == State::Ready)
+                    })
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id))
+                    })?;
                 Ok(Some(ContentSource::Snapshot(id)))
             }
             Some(Type::Volume(v)) => {
                 let id = parse_id("source volume id", &v.volume_id, VolumeId::parse)?
-                    .filter(|id| self.records.volume(&id.key).is_some_and(|r| r.id == *id && r.state == State::Ready))
-                    .ok_or_else(|| Error::NotFound(format!("source volume {} does not exist", v.volume_id)))?;
+                    .filter(|id| {
+                        self.records
+                            .volume(&id.key)
+                            .is_some_and(|r| r.id == *id && r.state == State::Ready)
+                    })
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("source volume {} does not exist", v.volume_id))
+                    })?;
                 Ok(Some(ContentSource::Volume(id)))
             }
-            None => Err(Error::InvalidArgument("volume_content_source has no type".into())),
+            None => Err(Error::InvalidArgument(
+                "volume_content_source has no type".into(),
+            )),
         }
     }
 
@@ -345,15 +375,28 @@ impl ControllerService {
             Some(cap) => parse_capability(cap)?.access == Access::Block,
             None => rec.block,
         };
-        let align = if rec.id.layout == Layout::Image { IMAGE_ALIGN } else { 1 };
-        let wanted = resolve_capacity(range.required_bytes, range.limit_bytes, rec.capacity_bytes, align)?;
+        let align = if rec.id.layout == Layout::Image {
+            IMAGE_ALIGN
+        } else {
+            1
+        };
+        let wanted = resolve_capacity(
+            range.required_bytes,
+            range.limit_bytes,
+            rec.capacity_bytes,
+            align,
+        )?;
         let _lock = self.locks.lock(rec.id.key.as_str()).await;
         let mut rec = self.ready_volume(&req.volume_id)?;
         let node_expansion = rec.id.layout == Layout::Image && !block;
         if wanted <= rec.capacity_bytes {
             return Ok((rec.capacity_bytes, node_expansion));
         }
-        let size = self.nodes.get(&rec.id.node)?.expand_volume(rec.id.clone(), wanted).await?;
+        let size = self
+            .nodes
+            .get(&rec.id.node)?
+            .expand_volume(rec.id.clone(), wanted)
+            .await?;
         rec.capacity_bytes = size;
         self.records.put_volume(&rec)?;
         Ok((size, node_expansion))
@@ -361,13 +404,20 @@ impl ControllerService {
 
     async fn create_snapshot_inner(&self, req: CreateSnapshotRequest) -> Result<Snapshot> {
         validate_name("snapshot", &req.name)?;
-        if let Some(key) = req.parameters.keys().find(|k| !k.starts_with("csi.storage.k8s.io/")) {
+        if let Some(key) = req
+            .parameters
+            .keys()
+            .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+        {
             return Err(Error::InvalidArgument(format!(
                 "unknown snapshot parameter {key:?}: local snapshots take none"
             )));
         }
         let source_id = parse_id("source_volume_id", &req.source_volume_id, VolumeId::parse)?;
-        let _name_lock = self.locks.lock(&format!("snapshot-name/{}", req.name)).await;
+        let _name_lock = self
+            .locks
+            .lock(&format!("snapshot-name/{}", req.name))
+            .await;
         if let Some(rec) = self.records.snapshot_by_name(&req.name) {
             if Some(&rec.source_volume) != source_id.as_ref() {
                 return Err(Error::AlreadyExists(format!(
@@ -423,10 +473,16 @@ impl ControllerService {
         let Some(mut rec) = self.records.snapshot(&id.key).filter(|r| r.id == id) else {
             return Ok(());
         };
-        let _name_lock = self.locks.lock(&format!("snapshot-name/{}", rec.name)).await;
+        let _name_lock = self
+            .locks
+            .lock(&format!("snapshot-name/{}", rec.name))
+            .await;
         rec.state = State::Deleting;
         self.records.put_snapshot(&rec)?;
-        self.nodes.get(&id.node)?.delete_snapshot(id.clone()).await?;
+        self.nodes
+            .get(&id.node)?
+            .delete_snapshot(id.clone())
+            .await?;
         self.records.remove_snapshot(&id.key)
     }
 
@@ -443,7 +499,8 @@ impl ControllerService {
         if !req.source_volume_id.is_empty() {
             ready.retain(|r| r.source_volume.to_string() == req.source_volume_id);
         }
-        let (items, next_token) = page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
+        let (items, next_token) =
+            page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
         Ok(ListSnapshotsResponse {
             entries: items
                 .iter()
@@ -460,14 +517,22 @@ impl ControllerService {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name))]
-    async fn create_volume(&self, req: Request<CreateVolumeRequest>) -> Reply<CreateVolumeResponse> {
+    async fn create_volume(
+        &self,
+        req: Request<CreateVolumeRequest>,
+    ) -> Reply<CreateVolumeResponse> {
         let volume = self.create_volume_inner(req.into_inner()).await?;
         tracing::info!(volume = %volume.volume_id, bytes = volume.capacity_bytes, "CreateVolume done");
-        Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(volume),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
-    async fn delete_volume(&self, req: Request<DeleteVolumeRequest>) -> Reply<DeleteVolumeResponse> {
+    async fn delete_volume(
+        &self,
+        req: Request<DeleteVolumeRequest>,
+    ) -> Reply<DeleteVolumeResponse> {
         self.delete_volume_inner(req.into_inner()).await?;
         Ok(Response::new(DeleteVolumeResponse {}))
     }
@@ -525,7 +590,8 @@ impl Controller for ControllerService {
             .into_iter()
             .filter(|r| r.state == State::Ready)
             .collect();
-        let (items, next_token) = page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
+        let (items, next_token) =
+            page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
         Ok(Response::new(ListVolumesResponse {
             entries: items
                 .iter()
@@ -597,18 +663,29 @@ impl Controller for ControllerService {
     }
 
     #[tracing::instrument(skip_all, fields(source = %req.get_ref().source_volume_id, name = %req.get_ref().name))]
-    async fn create_snapshot(&self, req: Request<CreateSnapshotRequest>) -> Reply<CreateSnapshotResponse> {
+    async fn create_snapshot(
+        &self,
+        req: Request<CreateSnapshotRequest>,
+    ) -> Reply<CreateSnapshotResponse> {
         let snapshot = self.create_snapshot_inner(req.into_inner()).await?;
-        Ok(Response::new(CreateSnapshotResponse { snapshot: Some(snapshot) }))
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(snapshot),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(snapshot = %req.get_ref().snapshot_id))]
-    async fn delete_snapshot(&self, req: Request<DeleteSnapshotRequest>) -> Reply<DeleteSnapshotResponse> {
+    async fn delete_snapshot(
+        &self,
+        req: Request<DeleteSnapshotRequest>,
+    ) -> Reply<DeleteSnapshotResponse> {
         self.delete_snapshot_inner(req.into_inner()).await?;
         Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
-    async fn list_snapshots(&self, req: Request<ListSnapshotsRequest>) -> Reply<ListSnapshotsResponse> {
+    async fn list_snapshots(
+        &self,
+        req: Request<ListSnapshotsRequest>,
+    ) -> Reply<ListSnapshotsResponse> {
         Ok(Response::new(self.list_snapshots_inner(req.into_inner())?))
     }
 
@@ -618,7 +695,9 @@ impl Controller for ControllerService {
             .and_then(|id| self.records.snapshot(&id.key).filter(|r| r.id == id))
             .filter(|r| r.state == State::Ready)
             .and_then(|r| r.info)
-            .ok_or_else(|| Status::not_found(format!("snapshot {:?} does not exist", req.snapshot_id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("snapshot {:?} does not exist", req.snapshot_id))
+            })?;
         Ok(Response::new(GetSnapshotResponse {
             snapshot: Some(csi_snapshot(&info)),
         }))
@@ -642,7 +721,12 @@ impl Controller for ControllerService {
         req: Request<ControllerGetVolumeRequest>,
     ) -> Reply<ControllerGetVolumeResponse> {
         let rec = self.ready_volume(&req.get_ref().volume_id)?;
-        let condition = match self.nodes.get(&rec.id.node)?.get_volume(rec.id.clone()).await {
+        let condition = match self
+            .nodes
+            .get(&rec.id.node)?
+            .get_volume(rec.id.clone())
+            .await
+        {
             Ok(info) => VolumeCondition {
                 abnormal: info.condition.abnormal,
                 message: info.condition.message,
@@ -672,7 +756,11 @@ mod tests {
 
     #[test]
     fn paging_by_key() {
-        let keys: Vec<Key> = (0..5).map(|_| Key::random()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let keys: Vec<Key> = (0..5)
+            .map(|_| Key::random())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let (first, token) = page(&keys, |k| k, 2, "").unwrap();
         assert_eq!(first, keys[..2]);
         let (second, token) = page(&keys, |k| k, 2, &token).unwrap();
@@ -680,6 +768,9 @@ mod tests {
         let (last, token) = page(&keys, |k| k, 2, &token).unwrap();
         assert_eq!((last, token.as_str()), (keys[4..].to_vec(), ""));
         assert_eq!(page(&keys, |k| k, 0, "").unwrap().0.len(), 5);
-        assert_eq!(page(&keys, |k| k, 1, "bogus").unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(
+            page(&keys, |k| k, 1, "bogus").unwrap_err().code(),
+            tonic::Code::Aborted
+        );
     }
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "warren", version, about = "Warren: a Kubernetes CSI driver for local volumes (warren.csi.dev)")]
+#[command(
+    name = "warren",
+    version,
+    about = "Warren: a Kubernetes CSI driver for local volumes (warren.csi.dev)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub mode: Mode,
@@ -25,7 +29,11 @@ pub enum Mode {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// CSI endpoint: unix:///path/csi.sock (or tcp://host:port for debugging).
-    #[arg(long, env = "WARREN_ENDPOINT", default_value = "unix:///run/warren/csi.sock")]
+    #[arg(
+        long,
+        env = "WARREN_ENDPOINT",
+        default_value = "unix:///run/warren/csi.sock"
+    )]
     pub endpoint: String,
     /// Where Warren keeps its own durable state.
     #[arg(long, env = "WARREN_STATE_DIR", default_value = "/var/lib/warren")]
@@ -40,7 +48,11 @@ pub struct NodeSide {
     #[arg(long, env = "WARREN_NODE_ID")]
     pub node_id: String,
     /// Directory that holds this node's volumes and snapshots.
-    #[arg(long, env = "WARREN_STORAGE_ROOT", default_value = "/var/lib/warren/storage")]
+    #[arg(
+        long,
+        env = "WARREN_STORAGE_ROOT",
+        default_value = "/var/lib/warren/storage"
+    )]
     pub storage_root: PathBuf,
     /// The kubelet's root directory; every staging and target path must lie below it.
     #[arg(long, env = "WARREN_KUBELET_DIR", default_value = "/var/lib/kubelet")]
@@ -60,7 +72,12 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub common: Common,
     /// A node and its agent address, NODE=http://HOST:PORT; repeat per node.
-    #[arg(long = "node-agent", env = "WARREN_NODE_AGENTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "node-agent",
+        env = "WARREN_NODE_AGENTS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub node_agents: Vec<String>,
     /// File holding the shared agent token.
     #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]

@@ -38,7 +38,11 @@ pub async fn run(mode: Mode) -> Result<()> {
             let mut nodes = Nodes::default();
             nodes.add(&args.node.node_id, Arc::new(store.clone()));
             let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
-            let node = NodeService::new(store, Arc::new(SystemMounter), args.node.kubelet_dir.clone());
+            let node = NodeService::new(
+                store,
+                Arc::new(SystemMounter),
+                args.node.kubelet_dir.clone(),
+            );
             ready.store(true, Ordering::Release);
             let router = Server::builder()
                 .add_service(IdentityServer::new(IdentityService::new(true, ready)))
@@ -51,10 +55,15 @@ pub async fn run(mode: Mode) -> Result<()> {
             let mut nodes = Nodes::default();
             for entry in &args.node_agents {
                 let (name, address) = entry.split_once('=').ok_or_else(|| {
-                    Error::InvalidArgument(format!("--node-agent {entry:?}: expected NODE=http://HOST:PORT"))
+                    Error::InvalidArgument(format!(
+                        "--node-agent {entry:?}: expected NODE=http://HOST:PORT"
+                    ))
                 })?;
                 validate_node_id(name)?;
-                nodes.add(name, Arc::new(agent::RemoteNodeStorage::new(name, address, &token)?));
+                nodes.add(
+                    name,
+                    Arc::new(agent::RemoteNodeStorage::new(name, address, &token)?),
+                );
             }
             let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
             ready.store(true, Ordering::Release);
@@ -74,14 +83,22 @@ pub async fn run(mode: Mode) -> Result<()> {
             let agent_listener = tokio::net::TcpListener::bind(agent_addr)
                 .await
                 .map_err(Error::io(format!("bind agent {agent_addr}")))?;
-            let agent_addr = agent_listener.local_addr().map_err(Error::io("agent address"))?;
+            let agent_addr = agent_listener
+                .local_addr()
+                .map_err(Error::io("agent address"))?;
             let agent_task = tokio::spawn(
                 Server::builder()
                     .add_service(agent_service)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(agent_listener)),
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                        agent_listener,
+                    )),
             );
             tracing::info!(address = %agent_addr, "node agent listening");
-            let node = NodeService::new(store, Arc::new(SystemMounter), args.node.kubelet_dir.clone());
+            let node = NodeService::new(
+                store,
+                Arc::new(SystemMounter),
+                args.node.kubelet_dir.clone(),
+            );
             ready.store(true, Ordering::Release);
             let router = Server::builder()
                 .add_service(IdentityServer::new(IdentityService::new(false, ready)))
@@ -173,7 +190,11 @@ async fn serve_until(
     let result = match Endpoint::parse(endpoint)? {
         Endpoint::Unix(path) => {
             let listener = bind_unix(&path)?;
-            tracing::info!(endpoint, version = warren_core::identity::VERSION, "serving CSI");
+            tracing::info!(
+                endpoint,
+                version = warren_core::identity::VERSION,
+                "serving CSI"
+            );
             let served = router
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(listener),

@@ -12,8 +12,15 @@ use csi_proto::v1::*;
 
 async fn listed(w: &Warren) -> BTreeSet<String> {
     let mut client = w.controller().await;
-    let resp = client.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
-    resp.entries.into_iter().map(|e| e.volume.unwrap().volume_id).collect()
+    let resp = client
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    resp.entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect()
 }
 
 fn key_of(id: &str) -> String {
@@ -44,7 +51,12 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
         for id in to_delete {
             let mut client = w.controller().await;
             deletes.push(tokio::spawn(async move {
-                let r = client.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await;
+                let r = client
+                    .delete_volume(DeleteVolumeRequest {
+                        volume_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await;
                 (id, r.is_ok())
             }));
         }
@@ -71,12 +83,18 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
             // A delete in flight at the kill may or may not have happened; every other
             // acknowledged volume must still be there.
             if !in_flight_deletes.contains(id) {
-                assert!(now_listed.contains(id), "acknowledged volume {name} ({id}) was lost");
+                assert!(
+                    now_listed.contains(id),
+                    "acknowledged volume {name} ({id}) was lost"
+                );
             }
         }
         let on_disk: BTreeSet<String> = volumes_on_disk(&w.storage()).into_iter().collect();
         let listed_keys: BTreeSet<String> = now_listed.iter().map(|id| key_of(id)).collect();
-        assert_eq!(on_disk, listed_keys, "round {round}: disk and records disagree (orphan or lost volume)");
+        assert_eq!(
+            on_disk, listed_keys,
+            "round {round}: disk and records disagree (orphan or lost volume)"
+        );
         // Forget acknowledged volumes that an in-flight delete removed.
         acknowledged.retain(|_, id| now_listed.contains(id));
     }
@@ -84,7 +102,14 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
     // Every name can still be created; acknowledged ones come back with the same id.
     let mut client = w.controller().await;
     for name in &names {
-        let id = client.create_volume(create_request(name, 32 * MIB)).await.unwrap().into_inner().volume.unwrap().volume_id;
+        let id = client
+            .create_volume(create_request(name, 32 * MIB))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
         if let Some(old) = acknowledged.get(name) {
             assert_eq!(old, &id, "{name} changed id across restarts");
         }
@@ -100,8 +125,17 @@ async fn sigterm_shuts_down_cleanly() {
     let probe = identity.probe(ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
     let child = w.child.take().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "exit status {:?}; log:\n{}", output.status, w.log());
+    assert!(
+        output.status.success(),
+        "exit status {:?}; log:\n{}",
+        output.status,
+        w.log()
+    );
     assert!(!w.socket().exists(), "socket left behind after SIGTERM");
 }

@@ -24,7 +24,11 @@ impl Drop for Procs {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 const TOKEN: &str = "split-mode-test-token-0123456789";
@@ -34,7 +38,10 @@ fn start_node(dir: &std::path::Path, port: u16) -> Child {
     std::fs::write(&token, TOKEN).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .arg("node")
-        .arg(format!("--endpoint=unix://{}", dir.join("node.sock").display()))
+        .arg(format!(
+            "--endpoint=unix://{}",
+            dir.join("node.sock").display()
+        ))
         .arg(format!("--node-id={NODE}"))
         .arg(format!("--state-dir={}", dir.join("node-state").display()))
         .arg(format!("--storage-root={}", dir.join("storage").display()))
@@ -52,10 +59,16 @@ fn start_node(dir: &std::path::Path, port: u16) -> Child {
 fn start_controller(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .arg("controller")
-        .arg(format!("--endpoint=unix://{}", dir.join("ctl.sock").display()))
+        .arg(format!(
+            "--endpoint=unix://{}",
+            dir.join("ctl.sock").display()
+        ))
         .arg(format!("--state-dir={}", dir.join("ctl-state").display()))
         .arg(format!("--node-agent={NODE}=http://127.0.0.1:{port}"))
-        .arg(format!("--agent-token-file={}", dir.join("token").display()))
+        .arg(format!(
+            "--agent-token-file={}",
+            dir.join("token").display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -69,20 +82,42 @@ async fn controller_reaches_node_through_the_agent() {
     let dir = Warren::dirs();
     let port = free_port();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let _procs = Procs(vec![start_node(dir.path(), port), start_controller(dir.path(), port)]);
+    let _procs = Procs(vec![
+        start_node(dir.path(), port),
+        start_controller(dir.path(), port),
+    ]);
     let mut c = ControllerClient::new(connect(&dir.path().join("ctl.sock")).await);
-    let vol = c.create_volume(create_request("pvc-split", 32 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    let vol = c
+        .create_volume(create_request("pvc-split", 32 * MIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let keys = volumes_on_disk(&dir.path().join("storage"));
     assert_eq!(keys.len(), 1);
     assert!(vol.volume_id.ends_with(&keys[0]));
     // Errors keep their CSI code across the agent channel.
-    let err = c.create_volume(create_request("pvc-split", 64 * MIB)).await.unwrap_err();
+    let err = c
+        .create_volume(create_request("pvc-split", 64 * MIB))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    c.delete_volume(DeleteVolumeRequest { volume_id: vol.volume_id, ..Default::default() }).await.unwrap();
+    c.delete_volume(DeleteVolumeRequest {
+        volume_id: vol.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(volumes_on_disk(&dir.path().join("storage")).is_empty());
 
     // A caller without the token gets nothing from the agent.
-    let intruder = warren_core::agent::RemoteNodeStorage::new(NODE, &format!("http://127.0.0.1:{port}"), "wrong-token-wrong-token").unwrap();
+    let intruder = warren_core::agent::RemoteNodeStorage::new(
+        NODE,
+        &format!("http://127.0.0.1:{port}"),
+        "wrong-token-wrong-token",
+    )
+    .unwrap();
     let err = intruder.list_volumes().await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = intruder.capacity(Layout::Image).await.unwrap_err();
@@ -97,7 +132,17 @@ async fn unreachable_node_is_unavailable_and_creates_nothing() {
     let _procs = Procs(vec![start_controller(dir.path(), port)]);
     let mut c = ControllerClient::new(connect(&dir.path().join("ctl.sock")).await);
     let start = Instant::now();
-    let err = c.create_volume(create_request("pvc-lost", 32 * MIB)).await.unwrap_err();
-    assert!(matches!(err.code(), Code::Unavailable | Code::ResourceExhausted), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    let err = c
+        .create_volume(create_request("pvc-lost", 32 * MIB))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
 }

@@ -42,7 +42,11 @@ pub fn bind(existing: Option<&MountEntry>, same_object: bool, read_only: bool) -
                 MountAction::Conflict(format!(
                     "{} is already mounted {}; the request asks for {}",
                     m.mount_point.display(),
-                    if m.is_read_only() { "read-only" } else { "read-write" },
+                    if m.is_read_only() {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
                     if read_only { "read-only" } else { "read-write" }
                 ))
             }
@@ -94,8 +98,14 @@ mod tests {
         assert_eq!(bind(None, false, false), MountAction::Mount);
         let rw = entry("/dev/loop3", (7, 3), "/", false);
         assert_eq!(bind(Some(&rw), true, false), MountAction::AlreadyMounted);
-        assert!(matches!(bind(Some(&rw), true, true), MountAction::Conflict(_)));
-        assert!(matches!(bind(Some(&rw), false, false), MountAction::Conflict(_)));
+        assert!(matches!(
+            bind(Some(&rw), true, true),
+            MountAction::Conflict(_)
+        ));
+        assert!(matches!(
+            bind(Some(&rw), false, false),
+            MountAction::Conflict(_)
+        ));
         let ro = entry("/dev/loop3", (7, 3), "/", true);
         assert_eq!(bind(Some(&ro), true, true), MountAction::AlreadyMounted);
     }

@@ -29,7 +29,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn sys(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(nix::errno::Errno) -> Error {
+    pub fn sys(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(nix::errno::Errno) -> Error {
         let path = path.into();
         move |source| Error::Sys { op, path, source }
     }

@@ -34,11 +34,14 @@ impl FsType {
 
 /// Runs a program; a failure carries its stderr.
 pub fn run(program: &str, args: &[&OsStr]) -> Result<String> {
-    let output = Command::new(program).args(args).output().map_err(|e| Error::Command {
-        program: program.into(),
-        status: "not started".into(),
-        stderr: e.to_string(),
-    })?;
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Command {
+            program: program.into(),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
@@ -56,9 +59,20 @@ pub fn make_fs(dev: &Path, fs: FsType) -> Result<()> {
     match fs {
         FsType::Ext4 => run(
             "mkfs.ext4",
-            &["-q".as_ref(), "-F".as_ref(), "-m".as_ref(), "0".as_ref(), "-E".as_ref(), "lazy_itable_init=1,lazy_journal_init=1,nodiscard".as_ref(), dev],
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-m".as_ref(),
+                "0".as_ref(),
+                "-E".as_ref(),
+                "lazy_itable_init=1,lazy_journal_init=1,nodiscard".as_ref(),
+                dev,
+            ],
         ),
-        FsType::Xfs => run("mkfs.xfs", &["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), dev]),
+        FsType::Xfs => run(
+            "mkfs.xfs",
+            &["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), dev],
+        ),
     }
     .map(drop)
 }
@@ -121,10 +135,18 @@ mod tests {
     fn ext4_grows_offline() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("img");
-        std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
         make_fs(&img, FsType::Ext4).unwrap();
         assert_eq!(fs_size_bytes(&head(&img)), Some(32 << 20));
-        std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(64 << 20).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
         grow_fs_offline(&img, FsType::Ext4).unwrap();
         assert_eq!(fs_size_bytes(&head(&img)), Some(64 << 20));
     }
@@ -132,6 +154,9 @@ mod tests {
     #[test]
     fn failures_carry_stderr() {
         let err = run("mkfs.ext4", &["/nonexistent/warren/device".as_ref()]).unwrap_err();
-        assert!(matches!(err, Error::Command { ref stderr, .. } if !stderr.is_empty()), "{err}");
+        assert!(
+            matches!(err, Error::Command { ref stderr, .. } if !stderr.is_empty()),
+            "{err}"
+        );
     }
 }

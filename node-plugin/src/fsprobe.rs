@@ -43,7 +43,9 @@ pub fn probe_device(dev: &Path) -> Result<Probe> {
     let mut head = Vec::with_capacity(PROBE_BYTES);
     std::fs::File::open(dev)
         .and_then(|f| f.take(PROBE_BYTES as u64).read_to_end(&mut head))
-        .map_err(|e| Error::sys("read", dev)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        .map_err(|e| {
+            Error::sys("read", dev)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        })?;
     Ok(probe(&head))
 }
 
@@ -56,14 +58,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("img");
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let ok = Command::new(mkfs).args(args).arg(&img).status().expect(mkfs).success();
+        let ok = Command::new(mkfs)
+            .args(args)
+            .arg(&img)
+            .status()
+            .expect(mkfs)
+            .success();
         assert!(ok, "{mkfs} failed");
         probe_device(&img).unwrap()
     }
 
     #[test]
     fn real_file_systems() {
-        assert_eq!(image_with("mkfs.ext4", &["-q", "-F"], 16 << 20), Probe::Ext4);
+        assert_eq!(
+            image_with("mkfs.ext4", &["-q", "-F"], 16 << 20),
+            Probe::Ext4
+        );
         assert_eq!(image_with("mkfs.xfs", &["-q", "-f"], 320 << 20), Probe::Xfs);
         assert_eq!(image_with("mkswap", &[], 16 << 20), Probe::Unknown);
     }
@@ -71,7 +81,11 @@ mod tests {
     #[test]
     fn blank_and_garbage() {
         assert_eq!(probe(&vec![0u8; PROBE_BYTES]), Probe::Blank);
-        assert_eq!(probe(&[0u8; 10]), Probe::Unknown, "too little read to call it blank");
+        assert_eq!(
+            probe(&[0u8; 10]),
+            Probe::Unknown,
+            "too little read to call it blank"
+        );
         let mut noise = vec![0u8; PROBE_BYTES];
         noise[70_000] = 1;
         assert_eq!(probe(&noise), Probe::Unknown);

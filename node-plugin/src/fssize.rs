@@ -50,7 +50,11 @@ mod tests {
         let img = dir.path().join("img");
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
         let ok = Command::new(format!("mkfs.{fs}"))
-            .args(if fs == "xfs" { ["-q", "-f"] } else { ["-q", "-F"] })
+            .args(if fs == "xfs" {
+                ["-q", "-f"]
+            } else {
+                ["-q", "-F"]
+            })
             .arg(&img)
             .status()
             .ok()?
@@ -63,7 +67,8 @@ mod tests {
 
     #[test]
     fn reads_ext4_and_xfs_sizes_from_real_superblocks() {
-        let head = make("ext4", 64 << 20).expect("mkfs.ext4 is required (apt-get install e2fsprogs)");
+        let head =
+            make("ext4", 64 << 20).expect("mkfs.ext4 is required (apt-get install e2fsprogs)");
         assert_eq!(fs_size_bytes(&head), Some(64 << 20));
         let head = make("xfs", 320 << 20).expect("mkfs.xfs is required (apt-get install xfsprogs)");
         assert_eq!(fs_size_bytes(&head), Some(320 << 20));

@@ -68,7 +68,11 @@ struct LoopConfig {
 /// cannot end up with two loop devices on the same file.
 static ATTACH: Mutex<()> = Mutex::new(());
 
-fn ioctl(fd: &File, request: libc::c_ulong, arg: libc::c_ulong) -> std::result::Result<libc::c_int, Errno> {
+fn ioctl(
+    fd: &File,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> std::result::Result<libc::c_int, Errno> {
     // SAFETY: each caller passes a request whose argument is either an integer or a
     // pointer to a live, correctly laid out struct.
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) })
@@ -79,7 +83,9 @@ fn open_errno(path: &Path, write: bool) -> Result<File> {
         .read(true)
         .write(write)
         .open(path)
-        .map_err(|e| Error::sys("open", path)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+        .map_err(|e| {
+            Error::sys("open", path)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        })
 }
 
 /// Makes /dev/loopN if devtmpfs has not (containers often lack it).
@@ -89,7 +95,12 @@ fn device_node(n: u32) -> Result<PathBuf> {
         Ok(m) if m.file_type().is_block_device() => Ok(path),
         _ => {
             let dev = nix::sys::stat::makedev(LOOP_MAJOR, n as u64);
-            match nix::sys::stat::mknod(&path, nix::sys::stat::SFlag::S_IFBLK, nix::sys::stat::Mode::from_bits_truncate(0o660), dev) {
+            match nix::sys::stat::mknod(
+                &path,
+                nix::sys::stat::SFlag::S_IFBLK,
+                nix::sys::stat::Mode::from_bits_truncate(0o660),
+                dev,
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => Ok(path),
                 Err(e) => Err(Error::sys("mknod", &path)(e)),
             }
@@ -114,13 +125,21 @@ fn configure(dev: &File, backing: &File, backing_path: &Path) -> std::result::Re
         reserved: [0; 8],
     };
     config.info.lo_file_name = name_field(backing_path);
-    match ioctl(dev, LOOP_CONFIGURE, &config as *const LoopConfig as libc::c_ulong) {
+    match ioctl(
+        dev,
+        LOOP_CONFIGURE,
+        &config as *const LoopConfig as libc::c_ulong,
+    ) {
         Ok(_) => Ok(()),
         // Kernels before 5.8: the two-step form.
         Err(Errno::EINVAL | Errno::ENOTTY) => {
             ioctl(dev, LOOP_SET_FD, backing.as_raw_fd() as libc::c_ulong)?;
             let info = config.info;
-            if let Err(e) = ioctl(dev, LOOP_SET_STATUS64, &info as *const LoopInfo64 as libc::c_ulong) {
+            if let Err(e) = ioctl(
+                dev,
+                LOOP_SET_STATUS64,
+                &info as *const LoopInfo64 as libc::c_ulong,
+            ) {
                 let _ = ioctl(dev, LOOP_CLR_FD, 0);
                 return Err(e);
             }
@@ -134,7 +153,11 @@ impl LoopDevices {
     fn find_canonical(backing: &Path) -> Result<Option<PathBuf>> {
         let entries = match fs::read_dir("/sys/block") {
             Ok(e) => e,
-            Err(e) => return Err(Error::sys("list", "/sys/block")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))),
+            Err(e) => {
+                return Err(Error::sys("list", "/sys/block")(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )))
+            }
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -154,9 +177,9 @@ impl LoopDevices {
 }
 
 fn canonical(backing: &Path) -> Result<PathBuf> {
-    backing
-        .canonicalize()
-        .map_err(|e| Error::sys("resolve", backing)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    backing.canonicalize().map_err(|e| {
+        Error::sys("resolve", backing)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    })
 }
 
 impl BlockDevices for LoopDevices {
@@ -170,7 +193,8 @@ impl BlockDevices for LoopDevices {
         let control = open_errno(Path::new("/dev/loop-control"), true)?;
         // Another process may take the free device between GET_FREE and CONFIGURE: retry.
         for _ in 0..16 {
-            let n = ioctl(&control, LOOP_CTL_GET_FREE, 0).map_err(Error::sys("LOOP_CTL_GET_FREE", "/dev/loop-control"))?;
+            let n = ioctl(&control, LOOP_CTL_GET_FREE, 0)
+                .map_err(Error::sys("LOOP_CTL_GET_FREE", "/dev/loop-control"))?;
             let path = device_node(n as u32)?;
             let dev = open_errno(&path, true)?;
             match configure(&dev, &file, &backing) {
@@ -192,7 +216,9 @@ impl BlockDevices for LoopDevices {
     }
 
     fn detach(&self, backing: &Path) -> Result<()> {
-        let Some(path) = self.find(backing)? else { return Ok(()) };
+        let Some(path) = self.find(backing)? else {
+            return Ok(());
+        };
         let dev = open_errno(&path, false)?;
         match ioctl(&dev, LOOP_CLR_FD, 0) {
             Ok(_) | Err(Errno::ENXIO) => Ok(()),
@@ -201,7 +227,9 @@ impl BlockDevices for LoopDevices {
     }
 
     fn refresh_size(&self, backing: &Path) -> Result<()> {
-        let Some(path) = self.find(backing)? else { return Ok(()) };
+        let Some(path) = self.find(backing)? else {
+            return Ok(());
+        };
         let dev = open_errno(&path, false)?;
         ioctl(&dev, LOOP_SET_CAPACITY, 0).map_err(Error::sys("LOOP_SET_CAPACITY", &path))?;
         Ok(())
@@ -212,7 +240,8 @@ impl BlockDevices for LoopDevices {
 pub fn block_device_size(dev: &Path) -> Result<u64> {
     let file = open_errno(dev, false)?;
     let mut size: u64 = 0;
-    ioctl(&file, BLKGETSIZE64, &mut size as *mut u64 as libc::c_ulong).map_err(Error::sys("BLKGETSIZE64", dev))?;
+    ioctl(&file, BLKGETSIZE64, &mut size as *mut u64 as libc::c_ulong)
+        .map_err(Error::sys("BLKGETSIZE64", dev))?;
     Ok(size)
 }
 
@@ -234,10 +263,19 @@ mod tests {
         File::create(&img).unwrap().set_len(32 << 20).unwrap();
         let _guard = Detach(img.clone());
         let dev = LoopDevices.attach(&img).unwrap();
-        assert_eq!(LoopDevices.attach(&img).unwrap(), dev, "second attach made a new device");
+        assert_eq!(
+            LoopDevices.attach(&img).unwrap(),
+            dev,
+            "second attach made a new device"
+        );
         assert_eq!(LoopDevices.find(&img).unwrap(), Some(dev.clone()));
         assert_eq!(block_device_size(&dev).unwrap(), 32 << 20);
-        OpenOptions::new().write(true).open(&img).unwrap().set_len(64 << 20).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
         LoopDevices.refresh_size(&img).unwrap();
         assert_eq!(block_device_size(&dev).unwrap(), 64 << 20);
         LoopDevices.detach(&img).unwrap();
@@ -252,7 +290,9 @@ mod tests {
         File::create(&img).unwrap().set_len(16 << 20).unwrap();
         let _guard = Detach(img.clone());
         let devs: Vec<PathBuf> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| LoopDevices.attach(&img).unwrap())).collect();
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| LoopDevices.attach(&img).unwrap()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(devs.windows(2).all(|w| w[0] == w[1]), "{devs:?}");

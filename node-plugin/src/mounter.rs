@@ -10,10 +10,17 @@ use crate::error::{Error, Result};
 
 pub trait Mounter: Send + Sync + 'static {
     /// Mounts block device `source` holding `fs_type` at `target`.
-    fn mount_device(&self, source: &Path, target: &Path, fs_type: &str, options: &[String]) -> Result<()>;
+    fn mount_device(
+        &self,
+        source: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> Result<()>;
     /// Bind-mounts `source` at `target` (directory or file), then remounts read-only and
     /// with the given flags if asked: a bind mount ignores them on the first call.
-    fn bind(&self, source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()>;
+    fn bind(&self, source: &Path, target: &Path, read_only: bool, options: &[String])
+        -> Result<()>;
     /// Unmounts `target`; not mounted or missing is success. Never lazy: a busy mount is
     /// an error for the caller to see, not something to hide.
     fn unmount(&self, target: &Path) -> Result<()>;
@@ -37,9 +44,16 @@ pub fn parse_options(options: &[String]) -> Result<ParsedOptions> {
         data: String::new(),
     };
     let mut data = Vec::new();
-    for option in options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+    for option in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
         if option.contains(['\0', '\n']) {
-            return Err(invalid(format!("mount option {option:?} contains NUL or a newline")));
+            return Err(invalid(format!(
+                "mount option {option:?} contains NUL or a newline"
+            )));
         }
         let flag = match option {
             "ro" => MsFlags::MS_RDONLY,
@@ -54,10 +68,14 @@ pub fn parse_options(options: &[String]) -> Result<ParsedOptions> {
             "noexec" => MsFlags::MS_NOEXEC,
             "sync" => MsFlags::MS_SYNCHRONOUS,
             "dirsync" => MsFlags::MS_DIRSYNC,
-            "suid" | "dev" | "exec" | "async" | "defaults" | "atime" | "diratime" => MsFlags::empty(),
-            "bind" | "rbind" | "remount" | "move" | "shared" | "rshared" | "private" | "rprivate" | "slave"
-            | "rslave" | "unbindable" | "runbindable" | "loop" => {
-                return Err(invalid(format!("mount option {option:?} is not allowed in a volume's mount flags")))
+            "suid" | "dev" | "exec" | "async" | "defaults" | "atime" | "diratime" => {
+                MsFlags::empty()
+            }
+            "bind" | "rbind" | "remount" | "move" | "shared" | "rshared" | "private"
+            | "rprivate" | "slave" | "rslave" | "unbindable" | "runbindable" | "loop" => {
+                return Err(invalid(format!(
+                    "mount option {option:?} is not allowed in a volume's mount flags"
+                )))
             }
             other => {
                 data.push(other.to_string());
@@ -79,14 +97,40 @@ fn data(d: &str) -> Option<&str> {
 }
 
 impl Mounter for SystemMounter {
-    fn mount_device(&self, source: &Path, target: &Path, fs_type: &str, options: &[String]) -> Result<()> {
+    fn mount_device(
+        &self,
+        source: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> Result<()> {
         let opts = parse_options(options)?;
-        mount(Some(source), target, Some(fs_type), opts.flags, data(&opts.data)).map_err(Error::sys("mount", target))
+        mount(
+            Some(source),
+            target,
+            Some(fs_type),
+            opts.flags,
+            data(&opts.data),
+        )
+        .map_err(Error::sys("mount", target))
     }
 
-    fn bind(&self, source: &Path, target: &Path, read_only: bool, options: &[String]) -> Result<()> {
+    fn bind(
+        &self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+        options: &[String],
+    ) -> Result<()> {
         let opts = parse_options(options)?;
-        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(Error::sys("bind mount", target))?;
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(Error::sys("bind mount", target))?;
         let mut flags = opts.flags & !MsFlags::MS_RDONLY;
         if read_only || opts.flags.contains(MsFlags::MS_RDONLY) {
             flags |= MsFlags::MS_RDONLY;
@@ -120,8 +164,16 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let p = parse_options(&opts(&["noatime,nodev", "discard", "ro", "context=\"system_u:object_r:x\""])).unwrap();
-        assert!(p.flags.contains(MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_RDONLY));
+        let p = parse_options(&opts(&[
+            "noatime,nodev",
+            "discard",
+            "ro",
+            "context=\"system_u:object_r:x\"",
+        ]))
+        .unwrap();
+        assert!(p
+            .flags
+            .contains(MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_RDONLY));
         assert_eq!(p.data, "discard,context=\"system_u:object_r:x\"");
         for bad in ["bind", "rshared", "remount", "a\nb", "x\0"] {
             assert!(parse_options(&opts(&[bad])).is_err(), "accepted {bad:?}");
@@ -134,7 +186,9 @@ mod tests {
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(&dst).unwrap();
-        SystemMounter.bind(&src, &dst, true, &opts(&["nosuid"])).unwrap();
+        SystemMounter
+            .bind(&src, &dst, true, &opts(&["nosuid"]))
+            .unwrap();
         let err = std::fs::write(dst.join("f"), b"x").unwrap_err();
         SystemMounter.unmount(&dst).unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));

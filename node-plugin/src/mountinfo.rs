@@ -34,7 +34,12 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -62,7 +67,12 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     }
     let fs_type = unescape(fields.next()?);
     let source = unescape(fields.next()?);
-    let super_options = fields.next().unwrap_or("").split(',').map(String::from).collect();
+    let super_options = fields
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(String::from)
+        .collect();
     Some(MountEntry {
         mount_id,
         parent_id,
@@ -82,7 +92,9 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
 
 pub fn read() -> Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| {
-        Error::sys("read", "/proc/self/mountinfo")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        Error::sys("read", "/proc/self/mountinfo")(Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::EIO),
+        ))
     })?;
     Ok(parse(&text))
 }
@@ -129,6 +141,9 @@ garbage line
 
     #[test]
     fn reads_this_process() {
-        assert!(read().unwrap().iter().any(|m| m.mount_point == Path::new("/")));
+        assert!(read()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == Path::new("/")));
     }
 }

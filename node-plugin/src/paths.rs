@@ -25,11 +25,18 @@ pub fn check_under_root(field: &str, path: &str, root: &Path) -> Result<PathBuf>
         return Err(bad("must be absolute".into()).into());
     }
     // Check the raw segments: `Path::components` silently drops inner "." segments.
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
         return Err(bad("must not contain '.' or '..'".into()).into());
     }
     if !candidate.starts_with(root) || candidate == root {
-        return Err(bad(format!("is not below the kubelet directory {}", root.display())).into());
+        return Err(bad(format!(
+            "is not below the kubelet directory {}",
+            root.display()
+        ))
+        .into());
     }
     // Symlinks: the deepest existing ancestor must still resolve inside the root.
     let real_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
@@ -37,7 +44,11 @@ pub fn check_under_root(field: &str, path: &str, root: &Path) -> Result<PathBuf>
     while let Some(dir) = existing {
         if let Ok(real) = dir.canonicalize() {
             if !real.starts_with(&real_root) {
-                return Err(bad(format!("resolves outside {} through a symlink", root.display())).into());
+                return Err(bad(format!(
+                    "resolves outside {} through a symlink",
+                    root.display()
+                ))
+                .into());
             }
             break;
         }
@@ -69,7 +80,10 @@ mod tests {
             format!("{}/pods/\0", root.display()),
             format!("{}/{}", root.display(), "a".repeat(5000)),
         ] {
-            assert!(check_under_root("target_path", &bad, &root).is_err(), "accepted {bad:?}");
+            assert!(
+                check_under_root("target_path", &bad, &root).is_err(),
+                "accepted {bad:?}"
+            );
         }
         // A symlink inside the root that points outside is refused.
         std::fs::create_dir_all(&outside).unwrap();

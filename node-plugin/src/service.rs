@@ -11,8 +11,8 @@ use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 use warren_core::capability::{parse_capability, Access};
-use warren_core::params::CONTEXT_FS_TYPE;
 use warren_core::ids::VolumeId;
+use warren_core::params::CONTEXT_FS_TYPE;
 use warren_core::TOPOLOGY_KEY;
 
 use crate::error::Result;
@@ -97,8 +97,11 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let mut cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
-            .map_err(Status::from)?;
+        let mut cap = parse_capability(required(
+            "volume_capability",
+            req.volume_capability.as_ref(),
+        )?)
+        .map_err(Status::from)?;
         // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
         if let (Access::Mount { fs_type, .. }, Some(default)) =
             (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
@@ -108,7 +111,8 @@ impl Node for NodeService {
             }
         }
         let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.stage(id, &staging, &cap)).await?;
+        self.locked(id, move |s, id| s.stage(id, &staging, &cap))
+            .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -120,7 +124,8 @@ impl Node for NodeService {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.unstage(id, &staging)).await?;
+        self.locked(id, move |s, id| s.unstage(id, &staging))
+            .await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -133,12 +138,17 @@ impl Node for NodeService {
         // Warren stages every volume, so the staging path is required here too.
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let target = self.path("target_path", &req.target_path)?;
-        let cap = parse_capability(required("volume_capability", req.volume_capability.as_ref())?)
-            .map_err(Status::from)?;
+        let cap = parse_capability(required(
+            "volume_capability",
+            req.volume_capability.as_ref(),
+        )?)
+        .map_err(Status::from)?;
         let id = volume_id(&req.volume_id)?;
         let read_only = req.readonly || cap.read_only_mode();
-        self.locked(id, move |s, id| s.publish(id, &staging, &target, &cap, read_only))
-            .await?;
+        self.locked(id, move |s, id| {
+            s.publish(id, &staging, &target, &cap, read_only)
+        })
+        .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -150,7 +160,8 @@ impl Node for NodeService {
         let req = req.into_inner();
         let target = self.path("target_path", &req.target_path)?;
         let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.unpublish(id, &target)).await?;
+        self.locked(id, move |s, id| s.unpublish(id, &target))
+            .await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -218,7 +229,8 @@ impl Node for NodeService {
             .as_ref()
             .map(|r| r.required_bytes.max(0) as u64)
             .unwrap_or(0);
-        let bytes = self.locked(id, move |s, id| s.expand(id, &path, required_bytes))
+        let bytes = self
+            .locked(id, move |s, id| s.expand(id, &path, required_bytes))
             .await?;
         Ok(Response::new(NodeExpandVolumeResponse {
             capacity_bytes: bytes as i64,

@@ -103,7 +103,13 @@ impl Stager {
                 // Raw block: attaching the image is the whole of staging.
                 self.store.devices().attach(&self.image(&meta)).map(drop)
             }
-            (Layout::Image, Access::Mount { fs_type, mount_flags }) => {
+            (
+                Layout::Image,
+                Access::Mount {
+                    fs_type,
+                    mount_flags,
+                },
+            ) => {
                 let wanted = FsType::parse(fs_type)?;
                 let dev = self.store.devices().attach(&self.image(&meta))?;
                 match decide::stage_device(existing, &dev) {
@@ -199,14 +205,18 @@ impl Stager {
                     )
                     .into());
                 }
-                let dev = self.store.devices().find(&self.image(&meta))?.ok_or_else(|| {
-                    precondition(format!("volume {id} is not staged on this node"))
-                })?;
+                let dev = self
+                    .store
+                    .devices()
+                    .find(&self.image(&meta))?
+                    .ok_or_else(|| {
+                        precondition(format!("volume {id} is not staged on this node"))
+                    })?;
                 let same = existing.is_some() && same_device_node(target, &dev);
                 let node_name = dev.file_name().map(|n| Path::new("/").join(n));
-                let others = mounts.iter().filter(|m| {
-                    Some(&m.root) == node_name.as_ref() && m.mount_point != target
-                });
+                let others = mounts
+                    .iter()
+                    .filter(|m| Some(&m.root) == node_name.as_ref() && m.mount_point != target);
                 single_writer_check(cap, others)?;
                 match decide::bind(existing, same, read_only) {
                     MountAction::AlreadyMounted => Ok(()),
@@ -275,7 +285,12 @@ impl Stager {
             condition = Condition::abnormal(format!("{} is not mounted", path.display()));
         }
         if info.file_type().is_block_device() {
-            return Ok((Stats::Block { bytes: block_device_size(path)? }, condition));
+            return Ok((
+                Stats::Block {
+                    bytes: block_device_size(path)?,
+                },
+                condition,
+            ));
         }
         let st = nix::sys::statvfs::statvfs(path).map_err(Error::sys("statvfs", path))?;
         let frsize = st.fragment_size() as u64;
@@ -322,9 +337,8 @@ impl Stager {
             return block_device_size(path);
         }
         let mounts = mountinfo::read()?;
-        let entry: &MountEntry = mount_at(&mounts, path).ok_or_else(|| {
-            precondition(format!("{} is not mounted", path.display()))
-        })?;
+        let entry: &MountEntry = mount_at(&mounts, path)
+            .ok_or_else(|| precondition(format!("{} is not mounted", path.display())))?;
         let dev = PathBuf::from(&entry.source);
         let fs = FsType::parse(&entry.fs_type)?;
         grow_fs(&dev, path, fs)?;

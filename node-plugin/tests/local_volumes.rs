@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use csi_proto::v1::node_server::Node;
-use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
+use csi_proto::v1::volume_capability::{
+    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
+};
 use csi_proto::v1::*;
 use tonic::{Code, Request};
 use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
@@ -31,14 +33,25 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         // A real disk directory, not tmpfs: thick images use fallocate and reflink copies.
-        let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let dir = tempfile::Builder::new().prefix("warren-node-").tempdir_in(base).unwrap();
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("warren-node-")
+            .tempdir_in(base)
+            .unwrap();
         let root = dir.path().join("storage");
         let kubelet = dir.path().join("kubelet");
         std::fs::create_dir_all(&kubelet).unwrap();
         let store = LocalStore::open(NODE, &root, Arc::new(LoopDevices)).unwrap();
         let node = NodeService::new(store.clone(), Arc::new(SystemMounter), kubelet.clone());
-        Fixture { _dir: dir, root, kubelet, store, node }
+        Fixture {
+            _dir: dir,
+            root,
+            kubelet,
+            store,
+            node,
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -60,7 +73,12 @@ impl Fixture {
         id
     }
 
-    async fn stage(&self, id: &VolumeId, staging: &Path, cap: VolumeCapability) -> Result<(), tonic::Status> {
+    async fn stage(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        cap: VolumeCapability,
+    ) -> Result<(), tonic::Status> {
         self.node
             .node_stage_volume(Request::new(NodeStageVolumeRequest {
                 volume_id: id.to_string(),
@@ -72,7 +90,14 @@ impl Fixture {
             .map(drop)
     }
 
-    async fn publish(&self, id: &VolumeId, staging: &Path, target: &Path, cap: VolumeCapability, readonly: bool) -> Result<(), tonic::Status> {
+    async fn publish(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        cap: VolumeCapability,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
         self.node
             .node_publish_volume(Request::new(NodePublishVolumeRequest {
                 volume_id: id.to_string(),
@@ -131,15 +156,22 @@ impl Drop for Fixture {
 
 fn mount_cap(fs: &str) -> VolumeCapability {
     VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     }
 }
 
 fn block_cap() -> VolumeCapability {
     VolumeCapability {
         access_type: Some(AccessType::Block(BlockVolume {})),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     }
 }
 
@@ -162,14 +194,30 @@ async fn image_volume_enforces_its_capacity() {
     let id = fx.create(Layout::Image, 64 * MIB, None).await;
     let (staging, target) = (fx.path("staging/v1"), fx.path("pods/p1/mount"));
     fx.stage(&id, &staging, mount_cap("ext4")).await.unwrap();
-    fx.publish(&id, &staging, &target, mount_cap("ext4"), false).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap("ext4"), false)
+        .await
+        .unwrap();
 
     let (written, err) = fill(&target);
-    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "expected ENOSPC, got {err}");
-    assert!(written <= 64 * MIB, "wrote {written} bytes into a 64 MiB volume");
-    assert!(written >= 40 * MIB, "only {written} bytes fit into a 64 MiB volume");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "expected ENOSPC, got {err}"
+    );
+    assert!(
+        written <= 64 * MIB,
+        "wrote {written} bytes into a 64 MiB volume"
+    );
+    assert!(
+        written >= 40 * MIB,
+        "only {written} bytes fit into a 64 MiB volume"
+    );
     // The node's own file system was not what filled up: the image file is still 64 MiB.
-    let image = fx.root.join("volumes").join(id.key.as_str()).join("disk.img");
+    let image = fx
+        .root
+        .join("volumes")
+        .join(id.key.as_str())
+        .join("disk.img");
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 * MIB);
 
     // Stats report the volume's size, not the node's.
@@ -184,7 +232,10 @@ async fn image_volume_enforces_its_capacity() {
         .unwrap()
         .into_inner();
     let bytes = &stats.usage[0];
-    assert!(bytes.total as u64 <= 64 * MIB && bytes.total as u64 > 40 * MIB, "{stats:?}");
+    assert!(
+        bytes.total as u64 <= 64 * MIB && bytes.total as u64 > 40 * MIB,
+        "{stats:?}"
+    );
     assert!(bytes.used as u64 >= written - MIB, "{stats:?}");
     assert!(!stats.volume_condition.unwrap().abnormal);
 
@@ -203,10 +254,15 @@ async fn stage_and_publish_are_idempotent_and_detect_conflicts() {
     let (staging, target) = (fx.path("staging/a"), fx.path("pods/p/mount"));
     for _ in 0..2 {
         fx.stage(&a, &staging, mount_cap("")).await.unwrap();
-        fx.publish(&a, &staging, &target, mount_cap(""), false).await.unwrap();
+        fx.publish(&a, &staging, &target, mount_cap(""), false)
+            .await
+            .unwrap();
     }
     // Same target, read-only this time: incompatible.
-    let err = fx.publish(&a, &staging, &target, mount_cap(""), true).await.unwrap_err();
+    let err = fx
+        .publish(&a, &staging, &target, mount_cap(""), true)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     // Another volume on a staging path that is in use: incompatible.
     let err = fx.stage(&b, &staging, mount_cap("")).await.unwrap_err();
@@ -219,7 +275,15 @@ async fn stage_and_publish_are_idempotent_and_detect_conflicts() {
         fx.unpublish(&a, &target).await;
         fx.unstage(&a, &staging).await;
     }
-    assert!(LoopDevices.find(&fx.root.join("volumes").join(a.key.as_str()).join("disk.img")).unwrap().is_none());
+    assert!(LoopDevices
+        .find(
+            &fx.root
+                .join("volumes")
+                .join(a.key.as_str())
+                .join("disk.img")
+        )
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -228,7 +292,9 @@ async fn read_only_publish_refuses_writes() {
     let id = fx.create(Layout::Image, 32 * MIB, None).await;
     let (staging, target) = (fx.path("staging/ro"), fx.path("pods/ro/mount"));
     fx.stage(&id, &staging, mount_cap("")).await.unwrap();
-    fx.publish(&id, &staging, &target, mount_cap(""), true).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap(""), true)
+        .await
+        .unwrap();
     let err = std::fs::write(target.join("x"), b"no").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     fx.unpublish(&id, &target).await;
@@ -241,33 +307,67 @@ async fn snapshot_restore_and_clone_carry_the_data_and_grow() {
     let id = fx.create(Layout::Image, 32 * MIB, None).await;
     let (staging, target) = (fx.path("staging/src"), fx.path("pods/src/mount"));
     fx.stage(&id, &staging, mount_cap("ext4")).await.unwrap();
-    fx.publish(&id, &staging, &target, mount_cap("ext4"), false).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap("ext4"), false)
+        .await
+        .unwrap();
     std::fs::write(target.join("hello.txt"), b"before snapshot").unwrap();
 
     // Snapshot while mounted (the file system is frozen for the copy).
     let snap = SnapshotId::new(Layout::Image, NODE, Key::random());
-    let info = fx.store.create_snapshot(snap.clone(), "snap-1".into(), id.clone()).await.unwrap();
+    let info = fx
+        .store
+        .create_snapshot(snap.clone(), "snap-1".into(), id.clone())
+        .await
+        .unwrap();
     assert_eq!(info.size_bytes, 32 * MIB);
     // Idempotent.
-    fx.store.create_snapshot(snap.clone(), "snap-1".into(), id.clone()).await.unwrap();
+    fx.store
+        .create_snapshot(snap.clone(), "snap-1".into(), id.clone())
+        .await
+        .unwrap();
     std::fs::write(target.join("hello.txt"), b"after snapshot").unwrap();
 
     // Restore into a larger volume: the data is the snapshot's, the file system grows.
-    let restored = fx.create(Layout::Image, 64 * MIB, Some(ContentSource::Snapshot(snap.clone()))).await;
+    let restored = fx
+        .create(
+            Layout::Image,
+            64 * MIB,
+            Some(ContentSource::Snapshot(snap.clone())),
+        )
+        .await;
     let (rs, rt) = (fx.path("staging/restored"), fx.path("pods/restored/mount"));
     fx.stage(&restored, &rs, mount_cap("")).await.unwrap();
-    fx.publish(&restored, &rs, &rt, mount_cap(""), false).await.unwrap();
-    assert_eq!(std::fs::read(rt.join("hello.txt")).unwrap(), b"before snapshot");
+    fx.publish(&restored, &rs, &rt, mount_cap(""), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(rt.join("hello.txt")).unwrap(),
+        b"before snapshot"
+    );
     let st = nix::sys::statvfs::statvfs(&rt).unwrap();
     let total = st.blocks() as u64 * st.fragment_size() as u64;
-    assert!(total > 48 * MIB, "restored file system was not grown: {total} bytes");
+    assert!(
+        total > 48 * MIB,
+        "restored file system was not grown: {total} bytes"
+    );
 
     // Clone of the live volume.
-    let clone = fx.create(Layout::Image, 32 * MIB, Some(ContentSource::Volume(id.clone()))).await;
+    let clone = fx
+        .create(
+            Layout::Image,
+            32 * MIB,
+            Some(ContentSource::Volume(id.clone())),
+        )
+        .await;
     let (cs, ct) = (fx.path("staging/clone"), fx.path("pods/clone/mount"));
     fx.stage(&clone, &cs, mount_cap("")).await.unwrap();
-    fx.publish(&clone, &cs, &ct, mount_cap(""), false).await.unwrap();
-    assert_eq!(std::fs::read(ct.join("hello.txt")).unwrap(), b"after snapshot");
+    fx.publish(&clone, &cs, &ct, mount_cap(""), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(ct.join("hello.txt")).unwrap(),
+        b"after snapshot"
+    );
 
     // A smaller restore is refused.
     let too_small = VolumeId::new(Layout::Image, NODE, Key::random());
@@ -284,7 +384,11 @@ async fn snapshot_restore_and_clone_carry_the_data_and_grow() {
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
 
-    for (v, s, t) in [(&id, &staging, &target), (&restored, &rs, &rt), (&clone, &cs, &ct)] {
+    for (v, s, t) in [
+        (&id, &staging, &target),
+        (&restored, &rs, &rt),
+        (&clone, &cs, &ct),
+    ] {
         fx.unpublish(v, t).await;
         fx.unstage(v, s).await;
     }
@@ -298,16 +402,24 @@ async fn online_expansion_of_xfs() {
     let id = fx.create(Layout::Image, 320 * MIB, None).await;
     let (staging, target) = (fx.path("staging/x"), fx.path("pods/x/mount"));
     fx.stage(&id, &staging, mount_cap("xfs")).await.unwrap();
-    fx.publish(&id, &staging, &target, mount_cap("xfs"), false).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap("xfs"), false)
+        .await
+        .unwrap();
     let before = nix::sys::statvfs::statvfs(&target).unwrap().blocks();
 
-    assert_eq!(fx.store.expand_volume(id.clone(), 512 * MIB).await.unwrap(), 512 * MIB);
+    assert_eq!(
+        fx.store.expand_volume(id.clone(), 512 * MIB).await.unwrap(),
+        512 * MIB
+    );
     let resp = fx
         .node
         .node_expand_volume(Request::new(NodeExpandVolumeRequest {
             volume_id: id.to_string(),
             volume_path: target.display().to_string(),
-            capacity_range: Some(CapacityRange { required_bytes: 512 * MIB as i64, limit_bytes: 0 }),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 512 * MIB as i64,
+                limit_bytes: 0,
+            }),
             ..Default::default()
         }))
         .await
@@ -315,7 +427,10 @@ async fn online_expansion_of_xfs() {
         .into_inner();
     assert_eq!(resp.capacity_bytes as u64, 512 * MIB);
     let after = nix::sys::statvfs::statvfs(&target).unwrap().blocks();
-    assert!(after > before + before / 3, "file system did not grow: {before} -> {after} blocks");
+    assert!(
+        after > before + before / 3,
+        "file system did not grow: {before} -> {after} blocks"
+    );
     fx.unpublish(&id, &target).await;
     fx.unstage(&id, &staging).await;
 }
@@ -326,19 +441,36 @@ async fn raw_block_volume_is_published_as_a_device() {
     let id = fx.create(Layout::Image, 32 * MIB, None).await;
     let (staging, target) = (fx.path("staging/blk"), fx.path("pods/blk/dev"));
     fx.stage(&id, &staging, block_cap()).await.unwrap();
-    fx.publish(&id, &staging, &target, block_cap(), false).await.unwrap();
-    fx.publish(&id, &staging, &target, block_cap(), false).await.unwrap();
+    fx.publish(&id, &staging, &target, block_cap(), false)
+        .await
+        .unwrap();
+    fx.publish(&id, &staging, &target, block_cap(), false)
+        .await
+        .unwrap();
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata(&target).unwrap().file_type().is_block_device());
-    assert_eq!(warren_node::loopdev::block_device_size(&target).unwrap(), 32 * MIB);
+    assert!(std::fs::metadata(&target)
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert_eq!(
+        warren_node::loopdev::block_device_size(&target).unwrap(),
+        32 * MIB
+    );
     // Data written through the device lands in the image.
     {
         use std::os::unix::fs::FileExt;
-        let dev = std::fs::OpenOptions::new().write(true).open(&target).unwrap();
+        let dev = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
         dev.write_all_at(b"WARRENBLOCK", 4096).unwrap();
         dev.sync_all().unwrap();
     }
-    let image = fx.root.join("volumes").join(id.key.as_str()).join("disk.img");
+    let image = fx
+        .root
+        .join("volumes")
+        .join(id.key.as_str())
+        .join("disk.img");
     let bytes = std::fs::read(&image).unwrap();
     assert_eq!(&bytes[4096..4107], b"WARRENBLOCK");
     fx.unpublish(&id, &target).await;
@@ -352,17 +484,31 @@ async fn dir_layout_publishes_a_directory_and_refuses_block() {
     let (staging, target) = (fx.path("staging/d"), fx.path("pods/d/mount"));
     fx.stage(&id, &staging, mount_cap("")).await.unwrap();
     fx.stage(&id, &staging, mount_cap("")).await.unwrap();
-    fx.publish(&id, &staging, &target, mount_cap(""), false).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap(""), false)
+        .await
+        .unwrap();
     std::fs::write(target.join("f"), b"dir data").unwrap();
     let data = fx.root.join("volumes").join(id.key.as_str()).join("data/f");
     assert_eq!(std::fs::read(data).unwrap(), b"dir data");
-    let err = fx.stage(&id, &fx.path("staging/d2"), block_cap()).await.unwrap_err();
+    let err = fx
+        .stage(&id, &fx.path("staging/d2"), block_cap())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // A snapshot of a directory volume and a restore.
     let snap = SnapshotId::new(Layout::Dir, NODE, Key::random());
-    fx.store.create_snapshot(snap.clone(), "s".into(), id.clone()).await.unwrap();
-    let restored = fx.create(Layout::Dir, MIB, Some(ContentSource::Snapshot(snap))).await;
-    let restored_file = fx.root.join("volumes").join(restored.key.as_str()).join("data/f");
+    fx.store
+        .create_snapshot(snap.clone(), "s".into(), id.clone())
+        .await
+        .unwrap();
+    let restored = fx
+        .create(Layout::Dir, MIB, Some(ContentSource::Snapshot(snap)))
+        .await;
+    let restored_file = fx
+        .root
+        .join("volumes")
+        .join(restored.key.as_str())
+        .join("data/f");
     assert_eq!(std::fs::read(restored_file).unwrap(), b"dir data");
     fx.unpublish(&id, &target).await;
     fx.unstage(&id, &staging).await;
@@ -375,15 +521,27 @@ async fn paths_outside_the_kubelet_dir_are_refused_without_side_effects() {
     let outside = fx._dir.path().join("outside/stage");
     let err = fx.stage(&id, &outside, mount_cap("")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(!outside.exists(), "a refused request created {}", outside.display());
+    assert!(
+        !outside.exists(),
+        "a refused request created {}",
+        outside.display()
+    );
     let traversal = PathBuf::from(format!("{}/pods/../../outside/x", fx.kubelet.display()));
     let err = fx.stage(&id, &traversal, mount_cap("")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Nothing was attached for the refused requests.
-    let image = fx.root.join("volumes").join(id.key.as_str()).join("disk.img");
+    let image = fx
+        .root
+        .join("volumes")
+        .join(id.key.as_str())
+        .join("disk.img");
     assert!(LoopDevices.find(&image).unwrap().is_none());
     // Malformed and foreign ids.
-    for bad in ["local#image#test-node#../../../etc", "nope", "local#image#other-node#0123456789abcdef0123456789abcdef"] {
+    for bad in [
+        "local#image#test-node#../../../etc",
+        "nope",
+        "local#image#other-node#0123456789abcdef0123456789abcdef",
+    ] {
         let err = fx
             .node
             .node_stage_volume(Request::new(NodeStageVolumeRequest {
@@ -398,8 +556,16 @@ async fn paths_outside_the_kubelet_dir_are_refused_without_side_effects() {
     }
     // Multi-node modes are refused.
     let mut cap = mount_cap("");
-    cap.access_mode = Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 });
-    assert_eq!(fx.stage(&id, &fx.path("staging/mm"), cap).await.unwrap_err().code(), Code::InvalidArgument);
+    cap.access_mode = Some(AccessMode {
+        mode: Mode::MultiNodeMultiWriter as i32,
+    });
+    assert_eq!(
+        fx.stage(&id, &fx.path("staging/mm"), cap)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
@@ -407,11 +573,27 @@ async fn startup_removes_half_built_objects_and_keeps_whole_ones() {
     let fx = Fixture::new();
     let kept = fx.create(Layout::Dir, MIB, None).await;
     // What a kill -9 in the middle of CreateVolume / DeleteVolume leaves behind.
-    std::fs::create_dir_all(fx.root.join(".creating/0123456789abcdef0123456789abcdef/data")).unwrap();
-    std::fs::create_dir_all(fx.root.join(".trash/fedcba9876543210fedcba9876543210-1/data")).unwrap();
+    std::fs::create_dir_all(
+        fx.root
+            .join(".creating/0123456789abcdef0123456789abcdef/data"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(
+        fx.root
+            .join(".trash/fedcba9876543210fedcba9876543210-1/data"),
+    )
+    .unwrap();
     let reopened = LocalStore::open(NODE, &fx.root, Arc::new(LoopDevices)).unwrap();
-    assert_eq!(std::fs::read_dir(fx.root.join(".creating")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(fx.root.join(".trash")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(fx.root.join(".creating"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(fx.root.join(".trash")).unwrap().count(),
+        0
+    );
     let listed = reopened.list_volumes().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, kept);
@@ -433,9 +615,17 @@ async fn startup_removes_half_built_objects_and_keeps_whole_ones() {
 async fn missing_backing_store_is_an_abnormal_condition() {
     let fx = Fixture::new();
     let id = fx.create(Layout::Image, 32 * MIB, None).await;
-    let image = fx.root.join("volumes").join(id.key.as_str()).join("disk.img");
+    let image = fx
+        .root
+        .join("volumes")
+        .join(id.key.as_str())
+        .join("disk.img");
     std::fs::remove_file(&image).unwrap();
     let info = fx.store.get_volume(id).await.unwrap();
     assert!(info.condition.abnormal);
-    assert!(info.condition.message.contains("missing"), "{}", info.condition.message);
+    assert!(
+        info.condition.message.contains("missing"),
+        "{}",
+        info.condition.message
+    );
 }

@@ -25,7 +25,10 @@ pub enum Processes {
 /// The target directory the test binary runs from (`target/debug/deps/..`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn warren_binary() -> PathBuf {
@@ -49,7 +52,9 @@ pub fn csi_sanity() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join("go/bin"));
     }
-    dirs.into_iter().map(|d| d.join("csi-sanity")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("csi-sanity"))
+        .find(|p| p.is_file())
 }
 
 struct Cleanup {
@@ -88,7 +93,8 @@ impl Drop for Cleanup {
         // Loop devices whose image lives here.
         if let Ok(entries) = std::fs::read_dir("/sys/block") {
             for e in entries.flatten() {
-                let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+                let backing =
+                    std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
                 if Path::new(backing.trim()).starts_with(&self.dir) {
                     let _ = Command::new("losetup")
                         .arg("-d")
@@ -104,20 +110,36 @@ fn wait_for_socket(path: &Path, child: &mut Child, log: &Path) {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(path).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("warren exited ({status}) before serving:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "warren exited ({status}) before serving:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "warren did not serve {}", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "warren did not serve {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(warren_binary()).args(args).stdout(Stdio::null()).stderr(log).spawn().expect("start warren")
+    Command::new(warren_binary())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start warren")
 }
 
 /// Runs one csi-sanity cell; panics with csi-sanity's summary on failure.
@@ -132,14 +154,20 @@ pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str
     // A real disk directory, not tmpfs: thick images use fallocate.
     let base = target_dir().join("sanity");
     std::fs::create_dir_all(&base).unwrap();
-    let tmp = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(&base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(&base)
+        .unwrap();
     let dir = tmp.path().to_path_buf();
     let kubelet = dir.join("kubelet");
     std::fs::create_dir_all(kubelet.join("pods")).unwrap();
     std::fs::create_dir_all(kubelet.join("plugins")).unwrap();
     let params = dir.join("params.yaml");
     std::fs::write(&params, parameters).unwrap();
-    let mut cleanup = Cleanup { dir: dir.clone(), children: Vec::new() };
+    let mut cleanup = Cleanup {
+        dir: dir.clone(),
+        children: Vec::new(),
+    };
 
     let node_flags = |sock: &Path| {
         vec![
@@ -152,7 +180,10 @@ pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str
     let (node_sock, ctl_sock) = match processes {
         Processes::All => {
             let sock = dir.join("csi.sock");
-            let mut args = vec!["all".to_string(), format!("--state-dir={}", dir.join("state").display())];
+            let mut args = vec![
+                "all".to_string(),
+                format!("--state-dir={}", dir.join("state").display()),
+            ];
             args.extend(node_flags(&sock));
             let log = dir.join("warren.log");
             let mut child = spawn(&args, &log);
@@ -163,11 +194,21 @@ pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str
         Processes::Split => {
             let (node_sock, ctl_sock) = (dir.join("node.sock"), dir.join("controller.sock"));
             let token = dir.join("agent-token");
-            let secret: String = format!("{:032x}", std::process::id() as u128 * 0x9E37_79B9_7F4A_7C15 ^ free_port() as u128);
+            let mut random = [0u8; 16];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").unwrap(),
+                &mut random,
+            )
+            .unwrap();
+            let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
             std::fs::write(&token, secret).unwrap();
-            std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
             let port = free_port();
-            let mut args = vec!["node".to_string(), format!("--state-dir={}", dir.join("node-state").display())];
+            let mut args = vec![
+                "node".to_string(),
+                format!("--state-dir={}", dir.join("node-state").display()),
+            ];
             args.extend(node_flags(&node_sock));
             args.push(format!("--agent-listen=127.0.0.1:{port}"));
             args.push(format!("--agent-token-file={}", token.display()));
@@ -191,37 +232,71 @@ pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str
     };
 
     // mkfs.xfs refuses file systems under 300 MiB.
-    let size: u64 = if parameters.contains("fsType: xfs") { 320 << 20 } else { 64 << 20 };
+    let size: u64 = if parameters.contains("fsType: xfs") {
+        320 << 20
+    } else {
+        64 << 20
+    };
     let mut cmd = Command::new(&sanity);
     cmd.arg(format!("--csi.endpoint={}", node_sock.display()))
         .arg(format!("--csi.controllerendpoint={}", ctl_sock.display()))
-        .arg(format!("--csi.mountdir={}", kubelet.join("pods/target").display()))
-        .arg(format!("--csi.stagingdir={}", kubelet.join("plugins/staging").display()))
+        .arg(format!(
+            "--csi.mountdir={}",
+            kubelet.join("pods/target").display()
+        ))
+        .arg(format!(
+            "--csi.stagingdir={}",
+            kubelet.join("plugins/staging").display()
+        ))
         .arg(format!("--csi.testvolumeparameters={}", params.display()))
         .arg(format!("--csi.testvolumeaccesstype={access}"))
         .arg(format!("--csi.testvolumesize={size}"))
         .arg(format!("--csi.testvolumeexpandsize={}", size * 2))
         .arg("--ginkgo.no-color")
+        .arg("--ginkgo.v")
         .arg("--ginkgo.timeout=10m");
     if !GINKGO_SKIP.is_empty() {
         cmd.arg(format!("--ginkgo.skip={}", GINKGO_SKIP.join("|")));
     }
     let out = cmd.output().expect("run csi-sanity");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = base.join(format!("{name}.out"));
     std::fs::write(&report, &text).unwrap();
     let summary: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("Ran ") || l.contains("Passed |") || l.trim_start().starts_with("[FAIL]"))
+        .filter(|l| {
+            l.starts_with("Ran ") || l.contains("Passed |") || l.trim_start().starts_with("[FAIL]")
+        })
         .collect();
     println!("csi-sanity {name}: {}", summary.join("\n  "));
     if !out.status.success() {
         let logs: String = ["warren.log", "node.log", "controller.log"]
             .iter()
             .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-            .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+            .map(|l| {
+                l.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .collect();
-        let tail: String = text.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(80)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!("csi-sanity failed for {name} (full output: {}):\n{tail}\n--- warren log tail ---\n{logs}", report.display());
     }
     drop(cleanup);

@@ -12,17 +12,32 @@ use warren_sanity_tests::{run_cell, Processes};
 
 #[test]
 fn all_image_mount() {
-    run_cell("all-image-mount", Processes::All, "layout: image\n", "mount");
+    run_cell(
+        "all-image-mount",
+        Processes::All,
+        "layout: image\n",
+        "mount",
+    );
 }
 
 #[test]
 fn all_image_block() {
-    run_cell("all-image-block", Processes::All, "layout: image\n", "block");
+    run_cell(
+        "all-image-block",
+        Processes::All,
+        "layout: image\n",
+        "block",
+    );
 }
 
 #[test]
 fn all_image_thin_mount() {
-    run_cell("all-image-thin-mount", Processes::All, "layout: image\nallocation: thin\n", "mount");
+    run_cell(
+        "all-image-thin-mount",
+        Processes::All,
+        "layout: image\nallocation: thin\n",
+        "mount",
+    );
 }
 
 #[test]
@@ -32,15 +47,30 @@ fn all_dir_mount() {
 
 #[test]
 fn split_image_mount() {
-    run_cell("split-image-mount", Processes::Split, "layout: image\nfsType: xfs\n", "mount");
+    run_cell(
+        "split-image-mount",
+        Processes::Split,
+        "layout: image\nfsType: xfs\n",
+        "mount",
+    );
 }
 
 #[test]
 fn split_image_block() {
-    run_cell("split-image-block", Processes::Split, "layout: image\n", "block");
+    run_cell(
+        "split-image-block",
+        Processes::Split,
+        "layout: image\n",
+        "block",
+    );
 }
 
 #[test]
 fn split_dir_mount() {
-    run_cell("split-dir-mount", Processes::Split, "layout: dir\n", "mount");
+    run_cell(
+        "split-dir-mount",
+        Processes::Split,
+        "layout: dir\n",
+        "mount",
+    );
 }

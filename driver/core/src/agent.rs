@@ -91,7 +91,10 @@ pub fn server(storage: Arc<dyn NodeStorage>, token: &str) -> Result<AgentServer>
     let check = TokenCheck {
         expected: token.as_bytes().into(),
     };
-    Ok(NodeStorageServer::with_interceptor(Agent { storage }, check))
+    Ok(NodeStorageServer::with_interceptor(
+        Agent { storage },
+        check,
+    ))
 }
 
 pub struct Agent {
@@ -168,7 +171,8 @@ impl RemoteNodeStorage {
 
     fn request<T: Serialize>(&self, value: &T) -> Result<Request<Json>> {
         let mut req = Request::new(encode(value)?);
-        req.metadata_mut().insert("authorization", self.auth.clone());
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
         Ok(req)
     }
 

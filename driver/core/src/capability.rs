@@ -91,7 +91,11 @@ mod tests {
     fn single_node_modes_pass_multi_node_modes_fail() {
         let mount = || Some(AccessType::Mount(MountVolume::default()));
         assert!(parse_capability(&cap(mount(), Mode::SingleNodeWriter)).is_ok());
-        let r = parse_capability(&cap(Some(AccessType::Block(BlockVolume {})), Mode::SingleNodeReaderOnly)).unwrap();
+        let r = parse_capability(&cap(
+            Some(AccessType::Block(BlockVolume {})),
+            Mode::SingleNodeReaderOnly,
+        ))
+        .unwrap();
         assert_eq!(r.access, Access::Block);
         assert!(r.read_only_mode());
         for bad in [

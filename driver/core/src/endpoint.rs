@@ -39,10 +39,8 @@ impl Endpoint {
 pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(Error::io(format!(
-                "remove stale socket {}",
-                path.display()
-            )))?;
+            std::fs::remove_file(path)
+                .map_err(Error::io(format!("remove stale socket {}", path.display())))?;
         }
         Ok(_) => {
             return Err(Error::FailedPrecondition(format!(

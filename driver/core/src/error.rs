@@ -85,9 +85,7 @@ impl From<Status> for Error {
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::OutOfRange => Error::OutOfRange(msg),
             Code::Aborted => Error::Aborted(msg),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                Error::Unavailable(msg)
-            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
             Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(msg),
             _ => Error::Internal(msg),
         }

@@ -28,9 +28,9 @@ impl IdentityService {
 
 fn service_cap(t: service::Type) -> PluginCapability {
     PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-            r#type: t as i32,
-        })),
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service { r#type: t as i32 },
+        )),
     }
 }
 
@@ -64,7 +64,9 @@ impl Identity for IdentityService {
         if self.has_controller {
             capabilities.push(service_cap(service::Type::ControllerService));
         }
-        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     async fn probe(&self, _req: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

@@ -55,8 +55,10 @@ impl Key {
         Key(uuid::Uuid::new_v4().simple().to_string())
     }
     pub fn parse(s: &str) -> Option<Key> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Key(s.to_string()))
+        (s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Key(s.to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -107,7 +109,10 @@ impl<const SNAPSHOT: bool> ObjectId<SNAPSHOT> {
             ))
         };
         if s.is_empty() {
-            return Err(Error::InvalidArgument(format!("{} id is required", Self::WHAT)));
+            return Err(Error::InvalidArgument(format!(
+                "{} id is required",
+                Self::WHAT
+            )));
         }
         if s.len() > MAX_ID_LEN {
             return Err(bad("too long"));

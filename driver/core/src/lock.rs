@@ -53,7 +53,10 @@ impl Drop for KeyGuard {
     fn drop(&mut self) {
         let mut map = self.locks.lock().unwrap();
         // Two references: the map's and this guard's mutex; more means someone waits.
-        if map.get(&self.key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
             map.remove(&self.key);
         }
     }
@@ -73,7 +76,11 @@ mod tests {
             let (locks, inside) = (locks.clone(), inside.clone());
             tasks.push(tokio::spawn(async move {
                 let _g = locks.lock("vol").await;
-                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
                 tokio::task::yield_now().await;
                 inside.fetch_sub(1, Ordering::SeqCst);
             }));

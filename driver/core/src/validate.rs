@@ -101,7 +101,16 @@ mod tests {
     #[test]
     fn node_ids() {
         assert!(validate_node_id("k3s-edge-01.lan").is_ok());
-        for bad in ["", "-x", ".x", "a..b", "a/b", "a b", "a#b", &"n".repeat(254)] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a..b",
+            "a/b",
+            "a b",
+            "a#b",
+            &"n".repeat(254),
+        ] {
             assert!(validate_node_id(bad).is_err(), "accepted {bad:?}");
         }
     }
@@ -111,11 +120,16 @@ mod tests {
         const MI: u64 = 1 << 20;
         assert_eq!(resolve_capacity(0, 0, 100 * MI, MI).unwrap(), 100 * MI);
         assert_eq!(resolve_capacity(1, 0, 100 * MI, MI).unwrap(), MI);
-        assert_eq!(resolve_capacity(0, 10 * MI as i64, 100 * MI, MI).unwrap(), 10 * MI);
+        assert_eq!(
+            resolve_capacity(0, 10 * MI as i64, 100 * MI, MI).unwrap(),
+            10 * MI
+        );
         assert_eq!(resolve_capacity(0, 1, 100 * MI, 1).unwrap(), 1);
         // Limit below the aligned size cannot be met.
         assert_eq!(
-            resolve_capacity(MI as i64 + 1, MI as i64 + 2, 0, MI).unwrap_err().code(),
+            resolve_capacity(MI as i64 + 1, MI as i64 + 2, 0, MI)
+                .unwrap_err()
+                .code(),
             tonic::Code::OutOfRange
         );
         assert_eq!(

@@ -23,8 +23,13 @@ pub struct Warren {
 
 impl Warren {
     pub fn dirs() -> tempfile::TempDir {
-        let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        tempfile::Builder::new().prefix("warren-it-").tempdir_in(base).unwrap()
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        tempfile::Builder::new()
+            .prefix("warren-it-")
+            .tempdir_in(base)
+            .unwrap()
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Warren {
@@ -49,7 +54,11 @@ impl Warren {
 
     pub fn spawn(&mut self) {
         let d = self.dir.path();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("warren.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("warren.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("all")
             .arg("--endpoint")
@@ -101,7 +110,11 @@ impl Drop for Warren {
 pub fn wait_for_socket(path: &Path) {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "warren did not create {}", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "warren did not create {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -112,7 +125,11 @@ pub async fn connect(socket: &Path) -> Channel {
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
-            async move { tokio::net::UnixStream::connect(socket).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await
         .expect("connect to warren")
@@ -121,14 +138,19 @@ pub async fn connect(socket: &Path) -> Channel {
 pub fn mount_cap() -> VolumeCapability {
     VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     }
 }
 
 pub fn create_request(name: &str, bytes: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![mount_cap()],
         ..Default::default()
     }
@@ -137,7 +159,11 @@ pub fn create_request(name: &str, bytes: i64) -> CreateVolumeRequest {
 /// Volume keys present on disk under the storage root.
 pub fn volumes_on_disk(storage: &Path) -> Vec<String> {
     let mut keys: Vec<String> = std::fs::read_dir(storage.join("volumes"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     keys.sort();
     keys

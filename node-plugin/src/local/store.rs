@@ -50,7 +50,12 @@ impl LocalStore {
         let dirs = Dirs {
             root: root.to_path_buf(),
         };
-        for dir in [dirs.volumes(), dirs.snapshots(), dirs.creating(), dirs.trash()] {
+        for dir in [
+            dirs.volumes(),
+            dirs.snapshots(),
+            dirs.creating(),
+            dirs.trash(),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
         // Only root traverses the storage root; pods reach their volume through mounts.
@@ -147,10 +152,9 @@ impl Inner {
 
     fn devices_backing(&self, dev: &str) -> Option<PathBuf> {
         let name = Path::new(dev).file_name()?;
-        let backing = fs::read_to_string(
-            Path::new("/sys/block").join(name).join("loop/backing_file"),
-        )
-        .ok()?;
+        let backing =
+            fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file"))
+                .ok()?;
         Some(PathBuf::from(backing.trim_end()))
     }
 
@@ -195,19 +199,20 @@ impl Inner {
     fn condition(&self, meta: &VolumeMeta) -> Condition {
         let path = payload(&self.dirs.volume(&meta.id.key), meta.id.layout);
         match (meta.id.layout, fs::symlink_metadata(&path)) {
-            (_, Err(e)) => Condition::abnormal(format!(
-                "backing store {} is missing: {e}",
-                path.display()
-            )),
+            (_, Err(e)) => {
+                Condition::abnormal(format!("backing store {} is missing: {e}", path.display()))
+            }
             (Layout::Image, Ok(m)) if !m.is_file() => {
                 Condition::abnormal(format!("{} is not a regular file", path.display()))
             }
-            (Layout::Image, Ok(m)) if m.len() < meta.capacity_bytes => Condition::abnormal(format!(
-                "image {} is {} bytes, smaller than the volume's {} bytes (truncated?)",
-                path.display(),
-                m.len(),
-                meta.capacity_bytes
-            )),
+            (Layout::Image, Ok(m)) if m.len() < meta.capacity_bytes => {
+                Condition::abnormal(format!(
+                    "image {} is {} bytes, smaller than the volume's {} bytes (truncated?)",
+                    path.display(),
+                    m.len(),
+                    meta.capacity_bytes
+                ))
+            }
             (Layout::Dir, Ok(m)) if !m.is_dir() => {
                 Condition::abnormal(format!("{} is not a directory", path.display()))
             }
@@ -258,7 +263,8 @@ impl Inner {
             source: spec.source.clone(),
         };
         write_json_atomic(&work.join(META), &meta)?;
-        fs::rename(&work, &final_dir).map_err(io_err(format!("publish {}", final_dir.display())))?;
+        fs::rename(&work, &final_dir)
+            .map_err(io_err(format!("publish {}", final_dir.display())))?;
         sync_dir(&self.dirs.volumes())?;
         sync_dir(&self.dirs.creating())?;
         tracing::info!(volume = %spec.id, name = %spec.name, bytes = spec.capacity_bytes, "volume created");
@@ -299,7 +305,12 @@ impl Inner {
         Ok(())
     }
 
-    fn check_source_fits(&self, source_layout: Layout, spec: &VolumeSpec, source_bytes: u64) -> Result<()> {
+    fn check_source_fits(
+        &self,
+        source_layout: Layout,
+        spec: &VolumeSpec,
+        source_bytes: u64,
+    ) -> Result<()> {
         if source_layout != spec.id.layout {
             return Err(CoreError::InvalidArgument(format!(
                 "source layout {} differs from the new volume's layout {}",
@@ -358,7 +369,9 @@ impl Inner {
                 }
             }
             Layout::Dir => {
-                let suffix = Path::new("volumes").join(meta.id.key.as_str()).join(super::DATA);
+                let suffix = Path::new("volumes")
+                    .join(meta.id.key.as_str())
+                    .join(super::DATA);
                 if let Some(m) = mounts.iter().find(|m| m.root.ends_with(&suffix)) {
                     return Ok(Some(format!("mounted at {}", m.mount_point.display())));
                 }
@@ -416,7 +429,12 @@ impl Inner {
         Ok(capacity)
     }
 
-    fn create_snapshot(&self, id: &SnapshotId, name: &str, source: &VolumeId) -> Result<SnapshotInfo> {
+    fn create_snapshot(
+        &self,
+        id: &SnapshotId,
+        name: &str,
+        source: &VolumeId,
+    ) -> Result<SnapshotInfo> {
         self.check_node(&id.node, "snapshot")?;
         if id.layout != source.layout {
             return Err(CoreError::InvalidArgument(format!(
@@ -462,7 +480,8 @@ impl Inner {
             created_at_nanos: now.subsec_nanos() as i32,
         };
         write_json_atomic(&work.join(META), &meta)?;
-        fs::rename(&work, &final_dir).map_err(io_err(format!("publish {}", final_dir.display())))?;
+        fs::rename(&work, &final_dir)
+            .map_err(io_err(format!("publish {}", final_dir.display())))?;
         sync_dir(&self.dirs.snapshots())?;
         tracing::info!(snapshot = %id, volume = %source, "snapshot created");
         Ok(snapshot_info(meta))
@@ -482,7 +501,9 @@ impl Inner {
             let path = entry.map_err(io_err("list"))?.path().join(META);
             match read_json(&path) {
                 Ok(meta) => out.push(meta),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable metadata"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable metadata")
+                }
             }
         }
         Ok(out)
@@ -573,7 +594,8 @@ impl NodeStorage for LocalStore {
 
     async fn expand_volume(&self, id: VolumeId, capacity_bytes: u64) -> warren_core::Result<u64> {
         let _g = self.locks.lock(id.key.as_str()).await;
-        self.blocking(move |i| i.expand_volume(&id, capacity_bytes)).await
+        self.blocking(move |i| i.expand_volume(&id, capacity_bytes))
+            .await
     }
 
     async fn get_volume(&self, id: VolumeId) -> warren_core::Result<VolumeInfo> {
@@ -602,7 +624,8 @@ impl NodeStorage for LocalStore {
             .locks
             .lock_many(&[source.key.as_str(), id.key.as_str()])
             .await;
-        self.blocking(move |i| i.create_snapshot(&id, &name, &source)).await
+        self.blocking(move |i| i.create_snapshot(&id, &name, &source))
+            .await
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> warren_core::Result<()> {
