@@ -38,10 +38,12 @@ pub fn check_under_root(field: &str, path: &str, root: &Path) -> Result<PathBuf>
         ))
         .into());
     }
-    // Symlinks: the deepest existing ancestor must still resolve inside the root.
+    // Symlinks: the deepest existing ancestor must still resolve inside the root. Only
+    // ancestors at or below the root count: above it lies the host's own layout, and a
+    // root that does not exist yet has nothing below it to escape through.
     let real_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let mut existing = candidate.parent();
-    while let Some(dir) = existing {
+    while let Some(dir) = existing.filter(|dir| dir.starts_with(root)) {
         if let Ok(real) = dir.canonicalize() {
             if !real.starts_with(&real_root) {
                 return Err(bad(format!(
@@ -91,5 +93,13 @@ mod tests {
         let through = root.join("pods/escape/mount");
         let err = check_under_root("target_path", through.to_str().unwrap(), &root).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_kubelet_dir_that_does_not_exist_yet_is_no_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("not-yet/kubelet");
+        let path = root.join("plugins/x/globalmount");
+        assert!(check_under_root("staging_target_path", path.to_str().unwrap(), &root).is_ok());
     }
 }
