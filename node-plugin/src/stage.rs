@@ -273,12 +273,7 @@ impl Stager {
 
     pub fn stats(&self, id: &VolumeId, path: &Path) -> Result<(Stats, Condition)> {
         let meta = self.store.volume_meta(id)?;
-        let info = fs::metadata(path).map_err(|_| {
-            Error::Core(CoreError::NotFound(format!(
-                "volume path {} does not exist",
-                path.display()
-            )))
-        })?;
+        let info = volume_path_metadata(path)?;
         let mounts = mountinfo::read()?;
         let mut condition = self.store.volume_condition(&meta);
         if !condition.abnormal && mount_at(&mounts, path).is_none() {
@@ -314,12 +309,7 @@ impl Stager {
 
     pub fn expand(&self, id: &VolumeId, path: &Path, required_bytes: u64) -> Result<u64> {
         let meta = self.store.volume_meta(id)?;
-        let info = fs::metadata(path).map_err(|_| {
-            Error::Core(CoreError::NotFound(format!(
-                "volume path {} does not exist",
-                path.display()
-            )))
-        })?;
+        let info = volume_path_metadata(path)?;
         // Normally ControllerExpandVolume has grown the backing store already; a CO that
         // only calls the node (as csi-sanity does against a node-only endpoint) gets the
         // same result here, since this node owns the backing store.
@@ -404,4 +394,15 @@ fn remove_target(path: &Path) -> Result<()> {
         Ok(_) => fs::remove_file(path),
     };
     result.map_err(io_err(format!("remove {}", path.display())))
+}
+
+/// The metadata of a volume path the CO names in stats and expand calls; a path that is not
+/// there is NOT_FOUND, as the spec asks.
+fn volume_path_metadata(path: &Path) -> Result<fs::Metadata> {
+    fs::metadata(path).map_err(|_| {
+        Error::Core(CoreError::NotFound(format!(
+            "volume path {} does not exist",
+            path.display()
+        )))
+    })
 }
