@@ -1,0 +1,1 @@
+//! Frontends: expose a `BlockTarget` as a kernel block device.
