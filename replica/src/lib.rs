@@ -7,3 +7,13 @@ pub mod target;
 
 pub use error::{Error, Result};
 pub use target::{BlockTarget, FileTarget};
+pub mod auth;
+pub mod bitmap;
+pub mod client;
+pub mod durable;
+pub mod messages;
+pub mod names;
+pub mod plan;
+pub mod protocol;
+pub mod server;
+pub mod volume;

@@ -1,0 +1,238 @@
+//! A connection from an engine to one replica of one volume. Calls may be issued
+//! concurrently: each gets a request id, and a reader task hands replies back by id.
+//! Every call has a deadline; a connection that fails fails every pending call with
+//! `Unavailable`, and stays failed (the engine reconnects).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::auth::{client_handshake, Token};
+use crate::error::{Error, Result};
+use crate::messages::{GenerationChange, OpenRequest};
+use crate::protocol::{read_frame, write_frame, Frame, Kind, Status, FLAG_FUA};
+use crate::volume::ReplicaState;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+pub struct ReplicaClient {
+    /// The replica's id (its node), for messages and membership.
+    pub replica: String,
+    address: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    failed: Arc<AtomicBool>,
+    timeout: Duration,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReplicaClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl ReplicaClient {
+    /// Connects and authenticates within `timeout`.
+    pub async fn connect(
+        replica: &str,
+        address: &str,
+        token: &Token,
+        timeout: Duration,
+    ) -> Result<ReplicaClient> {
+        let unavailable =
+            |why: String| Error::Unavailable(format!("replica {replica} at {address}: {why}"));
+        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| unavailable("connect timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        tokio::time::timeout(timeout, client_handshake(&mut stream, token))
+            .await
+            .map_err(|_| unavailable("handshake timed out".into()))??;
+        let (mut read_half, write_half) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let failed = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (pending, failed) = (pending.clone(), failed.clone());
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = read_frame(&mut read_half).await {
+                    if let Some(tx) = pending.lock().unwrap().remove(&frame.request_id) {
+                        let _ = tx.send(frame);
+                    }
+                }
+                failed.store(true, Ordering::Release);
+                pending.lock().unwrap().clear(); // wakes every waiter with an error
+            })
+        };
+        Ok(ReplicaClient {
+            replica: replica.to_string(),
+            address: address.to_string(),
+            writer: tokio::sync::Mutex::new(write_half),
+            pending,
+            next_id: AtomicU64::new(1),
+            failed,
+            timeout,
+            reader,
+        })
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn unavailable(&self, why: &str) -> Error {
+        Error::Unavailable(format!(
+            "replica {} at {}: {why}",
+            self.replica, self.address
+        ))
+    }
+
+    async fn call(&self, mut frame: Frame) -> Result<Frame> {
+        if self.is_failed() {
+            return Err(self.unavailable("connection lost"));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.request_id = id;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let exchange = async {
+            write_frame(&mut *self.writer.lock().await, &frame).await?;
+            rx.await.map_err(|_| self.unavailable("connection lost"))
+        };
+        let reply = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                self.pending.lock().unwrap().remove(&id);
+                self.failed.store(true, Ordering::Release);
+                return Err(match e {
+                    Error::Unavailable(_) => e,
+                    other => self.unavailable(&other.to_string()),
+                });
+            }
+            Err(_) => {
+                // A replica that does not answer in time is treated as gone: the engine
+                // cuts it out rather than letting the volume hang behind it.
+                self.pending.lock().unwrap().remove(&id);
+                self.failed.store(true, Ordering::Release);
+                return Err(self.unavailable("request timed out"));
+            }
+        };
+        match Status::from_u16(reply.status) {
+            Status::Ok => Ok(reply),
+            status => Err(status.into_error(format!(
+                "replica {}: {}",
+                self.replica,
+                String::from_utf8_lossy(&reply.body)
+            ))),
+        }
+    }
+
+    pub async fn open(&self, volume: &str, size: u64, create: bool) -> Result<ReplicaState> {
+        let request = OpenRequest {
+            volume: volume.to_string(),
+            size,
+            create,
+        };
+        self.call(Frame::json(Kind::Open, 0, &request))
+            .await?
+            .parse_json()
+    }
+
+    pub async fn state(&self) -> Result<ReplicaState> {
+        self.call(Frame::request(Kind::GetState, 0, Bytes::new()))
+            .await?
+            .parse_json()
+    }
+
+    pub async fn commit(&self, expect: u64, gen: u64, members: &[String]) -> Result<ReplicaState> {
+        let change = GenerationChange {
+            expect,
+            gen,
+            members: members.to_vec(),
+        };
+        self.call(Frame::json(Kind::Commit, 0, &change))
+            .await?
+            .parse_json()
+    }
+
+    pub async fn begin_rebuild(
+        &self,
+        expect: u64,
+        gen: u64,
+        members: &[String],
+    ) -> Result<ReplicaState> {
+        let change = GenerationChange {
+            expect,
+            gen,
+            members: members.to_vec(),
+        };
+        self.call(Frame::json(Kind::BeginRebuild, 0, &change))
+            .await?
+            .parse_json()
+    }
+
+    fn at(kind: Kind, gen: u64, offset: u64, body: Bytes) -> Frame {
+        let mut frame = Frame::request(kind, 0, body);
+        frame.gen = gen;
+        frame.offset = offset;
+        frame
+    }
+
+    pub async fn checkpoint(&self, gen: u64) -> Result<()> {
+        self.call(Self::at(Kind::Checkpoint, gen, 0, Bytes::new()))
+            .await
+            .map(drop)
+    }
+
+    pub async fn close(&self, gen: u64) -> Result<()> {
+        self.call(Self::at(Kind::Close, gen, 0, Bytes::new()))
+            .await
+            .map(drop)
+    }
+
+    /// The replica's region bitmap and the generation it covers writes since.
+    pub async fn bitmap(&self) -> Result<(u64, Bytes)> {
+        let reply = self
+            .call(Frame::request(Kind::GetBitmap, 0, Bytes::new()))
+            .await?;
+        Ok((reply.offset, reply.body))
+    }
+
+    pub async fn read(&self, gen: u64, offset: u64, len: usize) -> Result<Bytes> {
+        let body = Bytes::copy_from_slice(&(len as u32).to_le_bytes());
+        let reply = self.call(Self::at(Kind::Read, gen, offset, body)).await?;
+        if reply.body.len() != len {
+            return Err(self.unavailable("short read reply"));
+        }
+        Ok(reply.body)
+    }
+
+    pub async fn write(&self, gen: u64, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+        let mut frame = Self::at(Kind::Write, gen, offset, data);
+        if fua {
+            frame.flags |= FLAG_FUA;
+        }
+        self.call(frame).await.map(drop)
+    }
+
+    pub async fn flush(&self, gen: u64) -> Result<()> {
+        self.call(Self::at(Kind::Flush, gen, 0, Bytes::new()))
+            .await
+            .map(drop)
+    }
+
+    pub async fn discard(&self, gen: u64, offset: u64, len: u64) -> Result<()> {
+        let body = Bytes::copy_from_slice(&len.to_le_bytes());
+        self.call(Self::at(Kind::Discard, gen, offset, body))
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,259 @@
+//! The replica service: one per node, serving every replica kept under its root.
+//!
+//! A connection authenticates (`auth.rs`), then opens exactly one volume; from then on its
+//! frames are that volume's I/O and control calls. Requests are handled concurrently and
+//! answered as they complete (matched by request id). Opening a volume that another
+//! connection has open takes it over: the older connection's requests are refused from
+//! then on, so an engine that lost its node cannot keep writing once a new one started.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::auth::{server_handshake, Token};
+use crate::error::{Error, Result};
+use crate::messages::{GenerationChange, OpenRequest};
+use crate::protocol::{read_frame, write_frame, Frame, Kind, FLAG_FUA, MAX_IO};
+use crate::volume::ReplicaVolume;
+
+pub struct ReplicaService {
+    root: PathBuf,
+    replica: String,
+    token: Token,
+    volumes: Mutex<HashMap<String, Arc<OpenVolume>>>,
+    sessions: AtomicU64,
+}
+
+struct OpenVolume {
+    volume: ReplicaVolume,
+    /// The connection that may use the volume now.
+    session: AtomicU64,
+}
+
+impl ReplicaService {
+    pub fn new(root: PathBuf, replica: String, token: Token) -> Result<Arc<Self>> {
+        crate::names::check_replica(&replica)?;
+        std::fs::create_dir_all(&root).map_err(Error::io(format!("create {}", root.display())))?;
+        Ok(Arc::new(Self {
+            root,
+            replica,
+            token,
+            volumes: Mutex::new(HashMap::new()),
+            sessions: AtomicU64::new(1),
+        }))
+    }
+
+    /// Accepts connections until the listener fails or the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<()> {
+        loop {
+            let (stream, peer) = listener
+                .accept()
+                .await
+                .map_err(Error::io("accept replica connection"))?;
+            let service = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = service.connection(stream).await {
+                    tracing::info!(%peer, error = %e, "replica connection ended");
+                }
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, mut stream: TcpStream) -> Result<()> {
+        stream.set_nodelay(true).ok();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server_handshake(&mut stream, &self.token),
+        )
+        .await
+        .map_err(|_| Error::Unauthenticated("handshake timed out".into()))??;
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let (mut reader, mut writer) = stream.into_split();
+        // Replies come from concurrent handlers; one task owns the socket's write side.
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Frame>(256);
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = reply_rx.recv().await {
+                if write_frame(&mut writer, &frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut open: Option<Arc<OpenVolume>> = None;
+        let result = loop {
+            let frame = match read_frame(&mut reader).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    // A frame we cannot trust ends the connection; say why first.
+                    let _ = reply_tx.send(Frame::error_reply(0, &e)).await;
+                    break Err(e);
+                }
+            };
+            let id = frame.request_id;
+            if frame.kind == Kind::Open {
+                let reply = match self.open(&frame, session).await {
+                    Ok(volume) => {
+                        let state = volume.volume.state();
+                        open = Some(volume);
+                        Frame::json(Kind::Reply, id, &state)
+                    }
+                    Err(e) => Frame::error_reply(id, &e),
+                };
+                let _ = reply_tx.send(reply).await;
+                continue;
+            }
+            let Some(volume) = open.clone() else {
+                let error = Error::InvalidArgument("no volume is open on this connection".into());
+                let _ = reply_tx.send(Frame::error_reply(id, &error)).await;
+                continue;
+            };
+            let tx = reply_tx.clone();
+            tokio::spawn(async move {
+                let reply = match handle(volume, session, frame).await {
+                    Ok(reply) => reply,
+                    Err(e) => Frame::error_reply(id, &e),
+                };
+                let _ = tx.send(reply).await;
+            });
+        };
+        drop(reply_tx);
+        let _ = writer_task.await;
+        result
+    }
+
+    async fn open(&self, frame: &Frame, session: u64) -> Result<Arc<OpenVolume>> {
+        let request: OpenRequest = frame.parse_json()?;
+        crate::names::check_volume(&request.volume)?;
+        let existing = self.volumes.lock().unwrap().get(&request.volume).cloned();
+        let volume = match existing {
+            Some(volume) if volume.volume.size() == request.size => volume,
+            Some(volume) => {
+                return Err(Error::InvalidArgument(format!(
+                    "replica of {} has {} bytes, not {}",
+                    request.volume,
+                    volume.volume.size(),
+                    request.size
+                )))
+            }
+            None => {
+                let (root, replica) = (self.root.clone(), self.replica.clone());
+                let req = request.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    ReplicaVolume::open(&root, &replica, &req.volume, req.size, req.create)
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+                let mut volumes = self.volumes.lock().unwrap();
+                // Two connections may race to open it: the first one's files win.
+                volumes
+                    .entry(request.volume.clone())
+                    .or_insert_with(|| {
+                        Arc::new(OpenVolume {
+                            volume: opened,
+                            session: AtomicU64::new(0),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        let previous = volume.session.swap(session, Ordering::AcqRel);
+        if previous != 0 && previous != session {
+            tracing::warn!(volume = %request.volume, "a new engine took the volume over");
+        }
+        Ok(volume)
+    }
+}
+
+/// Runs one request of an open volume; the file work runs on the blocking pool.
+async fn handle(open: Arc<OpenVolume>, session: u64, frame: Frame) -> Result<Frame> {
+    if open.session.load(Ordering::Acquire) != session {
+        return Err(Error::Fenced(
+            "another engine has opened this volume since".into(),
+        ));
+    }
+    let id = frame.request_id;
+    tokio::task::spawn_blocking(move || execute(&open.volume, frame))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map(|mut reply| {
+            reply.request_id = id;
+            reply
+        })
+}
+
+fn execute(volume: &ReplicaVolume, frame: Frame) -> Result<Frame> {
+    let ok = |body: Bytes| Ok(Frame::reply(0, body));
+    let json = |value: &crate::volume::ReplicaState| Ok(Frame::json(Kind::Reply, 0, value));
+    match frame.kind {
+        Kind::GetState => json(&volume.state()),
+        Kind::Commit => {
+            let change: GenerationChange = frame.parse_json()?;
+            json(&volume.commit(change.expect, change.gen, change.members)?)
+        }
+        Kind::BeginRebuild => {
+            let change: GenerationChange = frame.parse_json()?;
+            json(&volume.begin_rebuild(change.expect, change.gen, change.members)?)
+        }
+        Kind::Checkpoint => {
+            volume.checkpoint(frame.gen)?;
+            ok(Bytes::new())
+        }
+        Kind::Close => {
+            volume.close_clean(frame.gen)?;
+            ok(Bytes::new())
+        }
+        Kind::GetBitmap => {
+            let (since, bytes) = volume.bitmap();
+            let mut reply = Frame::reply(0, Bytes::from(bytes));
+            reply.offset = since;
+            Ok(reply)
+        }
+        Kind::Read => {
+            let len = u32::from_le_bytes(
+                frame.body[..]
+                    .try_into()
+                    .map_err(|_| Error::Protocol("read length must be 4 bytes".into()))?,
+            ) as usize;
+            if len > MAX_IO {
+                return Err(Error::InvalidArgument(format!(
+                    "read of {len} bytes exceeds {MAX_IO}"
+                )));
+            }
+            ok(volume.read(frame.gen, frame.offset, len)?)
+        }
+        Kind::Write => {
+            if frame.body.len() > MAX_IO {
+                return Err(Error::InvalidArgument(format!(
+                    "write of {} bytes exceeds {MAX_IO}",
+                    frame.body.len()
+                )));
+            }
+            volume.write(
+                frame.gen,
+                frame.offset,
+                &frame.body,
+                frame.flags & FLAG_FUA != 0,
+            )?;
+            ok(Bytes::new())
+        }
+        Kind::Flush => {
+            volume.flush(frame.gen)?;
+            ok(Bytes::new())
+        }
+        Kind::Discard => {
+            let len = u64::from_le_bytes(
+                frame.body[..]
+                    .try_into()
+                    .map_err(|_| Error::Protocol("discard length must be 8 bytes".into()))?,
+            );
+            volume.discard(frame.gen, frame.offset, len)?;
+            ok(Bytes::new())
+        }
+        other => Err(Error::Protocol(format!("{other:?} is not a request"))),
+    }
+}

@@ -1,0 +1,432 @@
+//! One replica of one volume, on the replica's node: a sparse data file, its metadata, and
+//! its region bitmap.
+//!
+//! ```text
+//! <root>/<volume>/data         the volume's bytes (sparse)
+//! <root>/<volume>/meta.json    generation, members, sync state (written atomically)
+//! <root>/<volume>/bitmap       regions written since generation `since` (1 bit per MiB)
+//! ```
+//!
+//! Rules enforced here (the engine's side is in `plan.rs` and `engine.rs`):
+//! - Reads, writes, flushes and discards carry a generation and are refused (`Fenced`)
+//!   unless it is this replica's current generation: an engine that was replaced, or a
+//!   replica that was cut out and not told, can never mix old and new data.
+//! - A generation only moves forward, by compare-and-set (`commit`, `begin_rebuild`).
+//! - A region's bit is on disk (fdatasync'd) before the first byte of a write to it is:
+//!   after any crash, every region that may differ from another replica is marked.
+//! - `since` is raised before the bitmap is cleared, so the bitmap never claims more
+//!   history than it holds.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bitmap::{regions_for, regions_of, RegionBitmap};
+use crate::durable::write_atomic;
+use crate::error::{Error, Result};
+use crate::target::check_range;
+
+/// What a replica knows of its volume; also the engine's view of it (`GetState`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// This replica's id (its node).
+    pub replica: String,
+    pub volume: String,
+    pub size: u64,
+    /// The generation this replica last accepted. 0: never part of the volume.
+    pub gen: u64,
+    /// The replicas holding the volume's data in generation `gen`, as the engine that
+    /// committed it decided. Every replica told of `gen` got the same list.
+    pub members: Vec<String>,
+    /// The last generation in which this replica was a full, in-sync member.
+    pub synced_gen: u64,
+    /// Being rebuilt: takes writes, but holds incomplete data.
+    pub rebuilding: bool,
+    /// The bitmap covers every write at generations >= `since`.
+    pub since: u64,
+    /// The last engine closed the volume cleanly: nothing was in flight.
+    pub clean: bool,
+}
+
+impl ReplicaState {
+    /// Holds all of generation `gen`'s acknowledged data.
+    pub fn in_sync(&self) -> bool {
+        self.gen > 0 && !self.rebuilding && self.members.iter().any(|m| *m == self.replica)
+    }
+}
+
+pub struct ReplicaVolume {
+    dir: PathBuf,
+    data: Arc<File>,
+    bitmap_file: File,
+    bitmap: RegionBitmap,
+    /// Held shared by I/O across its generation check and the I/O itself, exclusively by
+    /// generation changes: no I/O of an old generation lands after a new one is accepted.
+    state: RwLock<ReplicaState>,
+    /// Serializes writes of the bitmap file.
+    bitmap_write: Mutex<()>,
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(format!("{what} {}", path.display()))
+}
+
+impl ReplicaVolume {
+    /// Opens the replica of `volume` under `root`, creating an empty one when `create`.
+    /// An existing replica must have the size asked for.
+    pub fn open(root: &Path, replica: &str, volume: &str, size: u64, create: bool) -> Result<Self> {
+        crate::names::check_volume(volume)?;
+        if size == 0 || size % 4096 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "volume size {size} must be a positive multiple of 4096"
+            )));
+        }
+        let dir = root.join(volume);
+        let meta_path = dir.join("meta.json");
+        let state = match std::fs::read(&meta_path) {
+            Ok(bytes) => {
+                let state: ReplicaState = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Internal(format!("{} is damaged: {e}", meta_path.display()))
+                })?;
+                if state.size != size {
+                    return Err(Error::InvalidArgument(format!(
+                        "replica of {volume} has {} bytes, not {size}",
+                        state.size
+                    )));
+                }
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Err(Error::NotFound(format!(
+                        "no replica of {volume} on {replica}"
+                    )));
+                }
+                Self::create_files(&dir, replica, volume, size)?
+            }
+            Err(e) => return Err(io_err("read", &meta_path)(e)),
+        };
+        let data_path = dir.join("data");
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .map_err(io_err("open", &data_path))?;
+        let bitmap_path = dir.join("bitmap");
+        let bitmap_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&bitmap_path)
+            .map_err(io_err("open", &bitmap_path))?;
+        let raw = std::fs::read(&bitmap_path).map_err(io_err("read", &bitmap_path))?;
+        let bitmap = RegionBitmap::from_bytes(regions_for(size), &raw);
+        Ok(Self {
+            dir,
+            data: Arc::new(data),
+            bitmap_file,
+            bitmap,
+            state: RwLock::new(state),
+            bitmap_write: Mutex::new(()),
+        })
+    }
+
+    /// Data and bitmap first, metadata last: a directory without meta.json is an
+    /// unfinished creation and is simply made again.
+    fn create_files(dir: &Path, replica: &str, volume: &str, size: u64) -> Result<ReplicaState> {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let data_path = dir.join("data");
+        let data = File::create(&data_path).map_err(io_err("create", &data_path))?;
+        data.set_len(size).map_err(io_err("size", &data_path))?;
+        data.sync_all().map_err(io_err("sync", &data_path))?;
+        let bitmap_path = dir.join("bitmap");
+        write_atomic(
+            &bitmap_path,
+            &vec![0u8; regions_for(size).div_ceil(8) as usize],
+        )
+        .map_err(io_err("write", &bitmap_path))?;
+        let state = ReplicaState {
+            replica: replica.to_string(),
+            volume: volume.to_string(),
+            size,
+            gen: 0,
+            members: Vec::new(),
+            synced_gen: 0,
+            rebuilding: false,
+            since: 0,
+            clean: true,
+        };
+        write_atomic(
+            &dir.join("meta.json"),
+            &serde_json::to_vec_pretty(&state).unwrap(),
+        )
+        .map_err(io_err("write", &dir.join("meta.json")))?;
+        Ok(state)
+    }
+
+    pub fn state(&self) -> ReplicaState {
+        self.state.read().unwrap().clone()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.read().unwrap().size
+    }
+
+    fn save(&self, state: &ReplicaState) -> Result<()> {
+        let path = self.dir.join("meta.json");
+        write_atomic(&path, &serde_json::to_vec_pretty(state).unwrap())
+            .map_err(io_err("write", &path))
+    }
+
+    /// Moves to generation `gen` with `members`, if this replica is still at `expect`.
+    /// Being listed makes this replica in sync (the engine lists only replicas that hold
+    /// all data); not being listed while not rebuilding leaves it out.
+    pub fn commit(&self, expect: u64, gen: u64, members: Vec<String>) -> Result<ReplicaState> {
+        let mut state = self.state.write().unwrap();
+        if state.gen == gen && state.members == members {
+            return Ok(state.clone()); // a retried commit
+        }
+        if state.gen != expect || gen <= state.gen {
+            return Err(Error::Fenced(format!(
+                "replica {} of {} is at generation {}, not {expect} (asked to move to {gen})",
+                state.replica, state.volume, state.gen
+            )));
+        }
+        let mut next = state.clone();
+        next.gen = gen;
+        next.clean = false;
+        if members.iter().any(|m| *m == next.replica) {
+            next.rebuilding = false;
+            next.synced_gen = gen;
+        }
+        next.members = members;
+        self.save(&next)?;
+        *state = next;
+        Ok(state.clone())
+    }
+
+    /// Starts a rebuild of this replica at generation `gen`: from now on it takes the
+    /// volume's writes, but is not in sync (and never a source) until a commit lists it.
+    pub fn begin_rebuild(
+        &self,
+        expect: u64,
+        gen: u64,
+        members: Vec<String>,
+    ) -> Result<ReplicaState> {
+        let mut state = self.state.write().unwrap();
+        if state.gen != expect || gen < state.gen {
+            return Err(Error::Fenced(format!(
+                "replica {} of {} is at generation {}, not {expect}",
+                state.replica, state.volume, state.gen
+            )));
+        }
+        if members.iter().any(|m| *m == state.replica) {
+            return Err(Error::InvalidArgument(
+                "a replica being rebuilt cannot be a member".into(),
+            ));
+        }
+        let mut next = state.clone();
+        next.gen = gen;
+        next.members = members;
+        next.rebuilding = true;
+        next.clean = false;
+        self.save(&next)?;
+        *state = next;
+        Ok(state.clone())
+    }
+
+    /// Forgets history up to `gen`: only when every replica of the volume is in sync at
+    /// `gen` and no write is in flight (the engine guarantees both).
+    pub fn checkpoint(&self, gen: u64) -> Result<()> {
+        let mut state = self.state.write().unwrap();
+        self.check_gen(&state, gen)?;
+        if !state.in_sync() {
+            return Err(Error::InvalidArgument(
+                "only an in-sync replica can forget its history".into(),
+            ));
+        }
+        let mut next = state.clone();
+        next.since = gen;
+        self.save(&next)?; // raise `since` first (see the module comment)
+        *state = next;
+        self.bitmap.clear_all();
+        self.write_bitmap()
+    }
+
+    /// The engine closed the volume after a flush: nothing is in flight.
+    pub fn close_clean(&self, gen: u64) -> Result<()> {
+        let mut state = self.state.write().unwrap();
+        self.check_gen(&state, gen)?;
+        self.data.sync_data().map_err(io_err("sync", &self.dir))?;
+        let mut next = state.clone();
+        next.clean = true;
+        self.save(&next)?;
+        *state = next;
+        Ok(())
+    }
+
+    fn check_gen(&self, state: &ReplicaState, gen: u64) -> Result<()> {
+        if gen != state.gen || gen == 0 {
+            return Err(Error::Fenced(format!(
+                "replica {} of {} is at generation {}, the request at {gen}",
+                state.replica, state.volume, state.gen
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the regions of a coming write; the bits are durable before it returns.
+    fn mark(&self, offset: u64, len: u64) -> Result<()> {
+        let mut fresh = false;
+        for r in regions_of(offset, len) {
+            fresh |= self.bitmap.set(r);
+        }
+        if fresh {
+            let _guard = self.bitmap_write.lock().unwrap();
+            self.write_bitmap()?;
+        }
+        Ok(())
+    }
+
+    fn write_bitmap(&self) -> Result<()> {
+        let path = self.dir.join("bitmap");
+        self.bitmap_file
+            .write_all_at(&self.bitmap.to_bytes(), 0)
+            .map_err(io_err("write", &path))?;
+        self.bitmap_file.sync_data().map_err(io_err("sync", &path))
+    }
+
+    pub fn bitmap(&self) -> (u64, Vec<u8>) {
+        let state = self.state.read().unwrap();
+        (state.since, self.bitmap.to_bytes())
+    }
+
+    pub fn read(&self, gen: u64, offset: u64, len: usize) -> Result<Bytes> {
+        let state = self.state.read().unwrap();
+        self.check_gen(&state, gen)?;
+        check_range(state.size, offset, len as u64)?;
+        let mut buf = vec![0u8; len];
+        self.data
+            .read_exact_at(&mut buf, offset)
+            .map_err(io_err("read", &self.dir))?;
+        Ok(Bytes::from(buf))
+    }
+
+    pub fn write(&self, gen: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let state = self.state.read().unwrap();
+        self.check_gen(&state, gen)?;
+        check_range(state.size, offset, data.len() as u64)?;
+        self.mark(offset, data.len() as u64)?;
+        self.data
+            .write_all_at(data, offset)
+            .map_err(io_err("write", &self.dir))?;
+        if fua {
+            self.data.sync_data().map_err(io_err("sync", &self.dir))?;
+        }
+        Ok(())
+    }
+
+    pub fn discard(&self, gen: u64, offset: u64, len: u64) -> Result<()> {
+        let state = self.state.read().unwrap();
+        self.check_gen(&state, gen)?;
+        check_range(state.size, offset, len)?;
+        self.mark(offset, len)?;
+        crate::sparse::punch_hole(&self.data, offset, len).map_err(io_err("discard", &self.dir))
+    }
+
+    pub fn flush(&self, gen: u64) -> Result<()> {
+        let state = self.state.read().unwrap();
+        self.check_gen(&state, gen)?;
+        self.data.sync_data().map_err(io_err("sync", &self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn open(root: &Path, create: bool) -> Result<ReplicaVolume> {
+        ReplicaVolume::open(root, "a", "vol1", 8 * MIB, create)
+    }
+
+    #[test]
+    fn generations_fence_io_and_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(open(dir.path(), false), Err(Error::NotFound(_))));
+        let v = open(dir.path(), true).unwrap();
+        // Generation 0 takes no I/O at all.
+        assert!(matches!(v.write(0, 0, b"x", false), Err(Error::Fenced(_))));
+        let members = vec!["a".to_string(), "b".to_string()];
+        v.commit(0, 1, members.clone()).unwrap();
+        assert!(v.state().in_sync());
+        v.write(1, 4096, b"hello", false).unwrap();
+        assert_eq!(&v.read(1, 4096, 5).unwrap()[..], b"hello");
+        // Wrong expectation, or going backwards: refused, nothing changes.
+        assert!(matches!(
+            v.commit(0, 2, members.clone()),
+            Err(Error::Fenced(_))
+        ));
+        assert!(matches!(v.commit(1, 1, vec![]), Err(Error::Fenced(_))));
+        // Cut out of generation 2: old-generation I/O is refused from then on.
+        v.commit(1, 2, vec!["b".into()]).unwrap();
+        assert!(!v.state().in_sync());
+        assert_eq!(v.state().synced_gen, 1);
+        assert!(matches!(v.write(1, 0, b"x", false), Err(Error::Fenced(_))));
+        assert!(matches!(v.read(1, 0, 1), Err(Error::Fenced(_))));
+        // The state survives a reopen.
+        drop(v);
+        let v = open(dir.path(), false).unwrap();
+        assert_eq!(v.state().gen, 2);
+        assert_eq!(v.state().members, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn writes_are_marked_durably_and_checkpoint_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), true).unwrap();
+        v.commit(0, 1, vec!["a".into()]).unwrap();
+        v.write(1, 3 * MIB - 1, b"ab", false).unwrap(); // spans regions 2 and 3
+        v.discard(1, 6 * MIB, 4096).unwrap();
+        drop(v);
+        let v = open(dir.path(), false).unwrap();
+        let (since, bytes) = v.bitmap();
+        assert_eq!(since, 0);
+        let marked: Vec<u64> = RegionBitmap::from_bytes(8, &bytes).iter().collect();
+        assert_eq!(marked, vec![2, 3, 6]);
+        v.checkpoint(1).unwrap();
+        let (since, bytes) = v.bitmap();
+        assert_eq!((since, RegionBitmap::from_bytes(8, &bytes).count()), (1, 0));
+    }
+
+    #[test]
+    fn a_rebuilding_replica_takes_writes_but_is_not_in_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), true).unwrap();
+        v.begin_rebuild(0, 5, vec!["b".into()]).unwrap();
+        v.write(5, 0, b"x", false).unwrap();
+        assert!(!v.state().in_sync());
+        assert!(v.checkpoint(5).is_err());
+        v.commit(5, 6, vec!["a".into(), "b".into()]).unwrap();
+        assert!(v.state().in_sync());
+        assert!(!v.state().rebuilding);
+        assert_eq!(v.state().synced_gen, 6);
+    }
+
+    #[test]
+    fn bounds_and_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ReplicaVolume::open(dir.path(), "a", "v", 1000, true).is_err());
+        assert!(ReplicaVolume::open(dir.path(), "a", "../x", 4096, true).is_err());
+        let v = open(dir.path(), true).unwrap();
+        v.commit(0, 1, vec!["a".into()]).unwrap();
+        assert!(v.write(1, 8 * MIB - 1, b"ab", false).is_err());
+        assert!(v.read(1, u64::MAX, 1).is_err());
+        drop(v);
+        assert!(ReplicaVolume::open(dir.path(), "a", "vol1", 4 * MIB, false).is_err());
+    }
+}
