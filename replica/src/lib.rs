@@ -17,3 +17,5 @@ pub mod plan;
 pub mod protocol;
 pub mod server;
 pub mod volume;
+pub mod engine;
+pub mod heal;

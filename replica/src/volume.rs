@@ -55,7 +55,7 @@ pub struct ReplicaState {
 impl ReplicaState {
     /// Holds all of generation `gen`'s acknowledged data.
     pub fn in_sync(&self) -> bool {
-        self.gen > 0 && !self.rebuilding && self.members.iter().any(|m| *m == self.replica)
+        self.gen > 0 && !self.rebuilding && self.members.contains(&self.replica)
     }
 }
 
@@ -80,7 +80,7 @@ impl ReplicaVolume {
     /// An existing replica must have the size asked for.
     pub fn open(root: &Path, replica: &str, volume: &str, size: u64, create: bool) -> Result<Self> {
         crate::names::check_volume(volume)?;
-        if size == 0 || size % 4096 != 0 {
+        if size == 0 || !size.is_multiple_of(4096) {
             return Err(Error::InvalidArgument(format!(
                 "volume size {size} must be a positive multiple of 4096"
             )));
@@ -198,7 +198,7 @@ impl ReplicaVolume {
         let mut next = state.clone();
         next.gen = gen;
         next.clean = false;
-        if members.iter().any(|m| *m == next.replica) {
+        if members.contains(&next.replica) {
             next.rebuilding = false;
             next.synced_gen = gen;
         }
@@ -223,7 +223,7 @@ impl ReplicaVolume {
                 state.replica, state.volume, state.gen
             )));
         }
-        if members.iter().any(|m| *m == state.replica) {
+        if members.contains(&state.replica) {
             return Err(Error::InvalidArgument(
                 "a replica being rebuilt cannot be a member".into(),
             ));

@@ -1,0 +1,150 @@
+//! The engine against real replica services on loopback. Replica failures are network
+//! cuts (every connection reset); process kills and network namespaces are exercised by
+//! the fault tests in driver/tests/replication_faults.rs.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use warren_replica::engine::Engine;
+use warren_replica::{BlockTarget, Error};
+
+const MIB: u64 = 1 << 20;
+
+async fn write_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
+    for i in blocks {
+        engine
+            .write(i * 4096, Bytes::from(block(i, seq)), false)
+            .await
+            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
+    }
+}
+
+async fn check_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
+    for i in blocks {
+        let data = engine.read(i * 4096, 4096).await.unwrap();
+        assert!(data == block(i, seq), "block {i} is not seq {seq}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 3).await;
+    let mut config = config("vol", 32 * MIB, &replicas);
+    config.create = true;
+    let engine = Engine::start(config).await.unwrap();
+    assert_eq!(engine.status().await.members, vec!["r0", "r1", "r2"]);
+    write_blocks(&engine, (0..64).map(|i| i * 37), 1).await;
+    // A write larger than one frame, across regions.
+    let big = Bytes::from(vec![0xc3u8; 6 * MIB as usize]);
+    engine.write(16 * MIB, big.clone(), true).await.unwrap();
+    assert_eq!(engine.read(16 * MIB, 6 * MIB as usize).await.unwrap(), big);
+    check_blocks(&engine, (0..64).map(|i| i * 37), 1).await;
+    // Out of range: refused, nothing written, the volume still healthy.
+    assert!(engine
+        .write(32 * MIB - 1, Bytes::from_static(b"xy"), false)
+        .await
+        .is_err());
+    engine.discard(16 * MIB, MIB).await.unwrap();
+    assert_eq!(engine.read(16 * MIB, 4096).await.unwrap(), vec![0u8; 4096]);
+    engine.close().await.unwrap();
+    assert_identical("vol", &replicas.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_replica_is_fenced_then_rebuilt_incrementally_while_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut config = config("vol", 64 * MIB, &replicas);
+    config.create = true;
+    let engine = Engine::start(config).await.unwrap();
+    write_blocks(&engine, 0..256, 1).await;
+    let gen_before = engine.status().await.gen;
+
+    replicas[1].link.cut();
+    // The next write notices, cuts r1 out under a new generation, and still succeeds.
+    write_blocks(&engine, 1000..1010, 2).await;
+    let status = engine.status().await;
+    assert_eq!(status.members, vec!["r0"]);
+    assert!(status.gen > gen_before);
+    write_blocks(&engine, 2000..2100, 3).await;
+
+    replicas[1].link.mend();
+    eventually(20, "r1 rebuilt", || async {
+        let status = engine.status().await;
+        status.members.len() == 2 && status.last_rebuild.is_some()
+    })
+    .await;
+    let rebuild = engine.status().await.last_rebuild.unwrap();
+    assert!(rebuild.incremental, "{rebuild:?}");
+    // Only the regions written while r1 was away (blocks 1000..1010 and 2000..2100 lie
+    // in regions 3, 7 and 8) and possibly the region of the write that failed.
+    assert!(rebuild.regions <= 4, "{rebuild:?}");
+    check_blocks(&engine, 0..256, 1).await;
+    check_blocks(&engine, 1000..1010, 2).await;
+    check_blocks(&engine, 2000..2100, 3).await;
+    engine.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replica_cannot_start_the_volume_and_is_rebuilt_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut cfg = config("vol", 32 * MIB, &replicas);
+    cfg.create = true;
+    let engine = Engine::start(cfg.clone()).await.unwrap();
+    write_blocks(&engine, 0..100, 1).await;
+    replicas[1].link.cut();
+    write_blocks(&engine, 0..100, 2).await;
+    assert_eq!(engine.status().await.members, vec!["r0"]);
+    engine.close().await.unwrap();
+
+    // r0 (the only holder of seq 2) is away; r1 alone must not serve its seq 1 data.
+    replicas[0].link.cut();
+    replicas[1].link.mend();
+    cfg.create = false;
+    let err = Engine::start(cfg.clone()).await.err().expect("must refuse");
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+
+    // With r0 back, r0 serves and r1 is rebuilt.
+    replicas[0].link.mend();
+    let engine = Engine::start(cfg.clone()).await.unwrap();
+    assert_eq!(engine.status().await.members[0], "r0");
+    check_blocks(&engine, 0..100, 2).await;
+    eventually(20, "r1 rebuilt", || async {
+        engine.status().await.members.len() == 2
+    })
+    .await;
+    engine.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_engine_fences_the_first_and_resyncs_after_its_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut cfg = config("vol", 16 * MIB, &replicas);
+    cfg.create = true;
+    let first = Engine::start(cfg.clone()).await.unwrap();
+    write_blocks(&first, 0..50, 1).await;
+    // The first engine "crashes": it never closes; a second one takes over.
+    cfg.create = false;
+    let second = Engine::start(cfg).await.unwrap();
+    check_blocks(&second, 0..50, 1).await;
+    write_blocks(&second, 0..10, 2).await;
+    // The first engine can no longer write or read anything.
+    let err = first
+        .write(0, Bytes::from(block(0, 99)), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_) | Error::Fenced(_)),
+        "{err}"
+    );
+    assert!(first.status().await.failed.is_some());
+    check_blocks(&second, 0..10, 2).await;
+    second.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
