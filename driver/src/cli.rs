@@ -24,6 +24,70 @@ pub enum Mode {
     Controller(ControllerArgs),
     /// The CSI Node service and this node's storage agent.
     Node(NodeArgs),
+    /// The replica service: keeps this node's replicas of replicated volumes.
+    Replica(ReplicaArgs),
+    /// The engine of one replicated volume, exposed through a frontend until SIGTERM.
+    Volume(VolumeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicaArgs {
+    /// This replica service's id (normally the node name).
+    #[arg(long, env = "WARREN_NODE_ID")]
+    pub node_id: String,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, env = "WARREN_REPLICA_LISTEN", default_value = "0.0.0.0:7460")]
+    pub listen: String,
+    /// Directory holding this node's replicas.
+    #[arg(
+        long,
+        env = "WARREN_REPLICA_ROOT",
+        default_value = "/var/lib/warren/replicas"
+    )]
+    pub root: PathBuf,
+    /// File holding the shared replication token (at least 16 bytes).
+    #[arg(long, env = "WARREN_REPLICA_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct VolumeArgs {
+    /// The volume's name.
+    #[arg(long)]
+    pub volume: String,
+    /// Size in bytes (a multiple of 4096).
+    #[arg(long)]
+    pub size: u64,
+    /// A replica of the volume, ID=HOST:PORT; repeat per replica.
+    #[arg(long = "replica", required = true)]
+    pub replicas: Vec<String>,
+    /// The replica on this node: reads go there first.
+    #[arg(long)]
+    pub local: Option<String>,
+    /// Create the volume (every replica must be reachable).
+    #[arg(long)]
+    pub create: bool,
+    #[arg(long, env = "WARREN_REPLICA_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Rebuild copy rate limit in MiB/s (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rebuild_rate_mib: u64,
+    /// A replica that does not answer within this many milliseconds is cut out.
+    #[arg(long, default_value_t = 5000)]
+    pub io_timeout_ms: u64,
+    /// Serve the volume over NBD on this Unix socket.
+    #[arg(long)]
+    pub nbd_socket: Option<PathBuf>,
+    /// Expose the volume as the file `volume` in a FUSE mount at this directory.
+    #[arg(long)]
+    pub fuse_dir: Option<PathBuf>,
+    /// Write the engine's status as JSON to this file whenever it changes.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]

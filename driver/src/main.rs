@@ -2,6 +2,7 @@
 //! lives in warren-controller, warren-node and warren-core.
 
 mod cli;
+mod replication;
 mod serve;
 
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ fn main() -> ExitCode {
         cli::Mode::All(a) => a.common.log_format,
         cli::Mode::Controller(c) => c.common.log_format,
         cli::Mode::Node(n) => n.common.log_format,
+        cli::Mode::Replica(r) => r.log_format,
+        cli::Mode::Volume(v) => v.log_format,
     };
     init_logging(format);
     // Few threads: a CSI driver is I/O bound, and memory matters on edge nodes.

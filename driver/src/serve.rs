@@ -72,6 +72,8 @@ pub async fn run(mode: Mode) -> Result<()> {
                 .add_service(ControllerServer::from_arc(controller));
             serve_csi(router, &args.common.endpoint, stop_rx).await
         }
+        Mode::Replica(args) => crate::replication::run_replica(args, stop_rx).await,
+        Mode::Volume(args) => crate::replication::run_volume(args, stop_rx).await,
         Mode::Node(args) => {
             let token = read_token(&args.agent_token_file)?;
             let store = open_store(&args.node)?;

@@ -515,7 +515,7 @@ impl Engine {
             member.close(membership.gen).await?;
         }
         drop(membership);
-        self.fail("closed".into());
+        self.failure.lock().unwrap().get_or_insert("closed".into());
         Ok(())
     }
 

@@ -1,1 +1,3 @@
 //! Frontends: expose a `BlockTarget` as a kernel block device.
+pub mod fuse;
+pub mod nbd;
