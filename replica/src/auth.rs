@@ -93,16 +93,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Works on bytes, not `str` slices: a peer's value may hold multi-byte characters, and
+/// slicing text inside one panics (before the peer has proven anything).
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
-        return Err(Error::Unauthenticated("malformed handshake value".into()));
+    let malformed = || Error::Unauthenticated("malformed handshake value".into());
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) || bytes.len() > 128 {
+        return Err(malformed());
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16)
-                .map_err(|_| Error::Unauthenticated("malformed handshake value".into()))
-        })
+    let digit = |b: u8| (b as char).to_digit(16).ok_or_else(malformed);
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
         .collect()
 }
 
@@ -237,6 +239,18 @@ mod tests {
             server_handshake(&mut b, &t).await,
             Err(Error::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn malformed_hex_is_refused_without_panicking() {
+        assert_eq!(unhex("00ff7a").unwrap(), vec![0, 0xff, 0x7a]);
+        // "é" is two bytes: an even length whose byte pairs straddle a character.
+        for bad in ["aéb", "éé", "0g", "+f", "abc", &"00".repeat(65)] {
+            assert!(
+                matches!(unhex(bad), Err(Error::Unauthenticated(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,14 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
 use crate::messages::{GenerationChange, OpenRequest};
-use crate::protocol::{read_frame, write_frame, Frame, Kind, Status, FLAG_FUA};
+use crate::protocol::{pump_frames, read_frame, Frame, Kind, Status, FLAG_FUA, SOCKET_BUFFER};
 use crate::volume::ReplicaState;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -25,17 +24,19 @@ pub struct ReplicaClient {
     /// The replica's id (its node), for messages and membership.
     pub replica: String,
     address: String,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    requests: tokio::sync::mpsc::Sender<Frame>,
     pending: Pending,
     next_id: AtomicU64,
     failed: Arc<AtomicBool>,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ReplicaClient {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -57,7 +58,13 @@ impl ReplicaClient {
         tokio::time::timeout(timeout, client_handshake(&mut stream, token))
             .await
             .map_err(|_| unavailable("handshake timed out".into()))??;
-        let (mut read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = stream.into_split();
+        let mut read_half = tokio::io::BufReader::with_capacity(SOCKET_BUFFER, read_half);
+        let (requests, outgoing) = tokio::sync::mpsc::channel(256);
+        // One task owns the write side and batches concurrent requests into few syscalls.
+        let writer = tokio::spawn(async move {
+            let _ = pump_frames(write_half, outgoing).await;
+        });
         let pending: Pending = Arc::default();
         let failed = Arc::new(AtomicBool::new(false));
         let reader = {
@@ -75,12 +82,13 @@ impl ReplicaClient {
         Ok(ReplicaClient {
             replica: replica.to_string(),
             address: address.to_string(),
-            writer: tokio::sync::Mutex::new(write_half),
+            requests,
             pending,
             next_id: AtomicU64::new(1),
             failed,
             timeout,
             reader,
+            writer,
         })
     }
 
@@ -104,7 +112,10 @@ impl ReplicaClient {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
         let exchange = async {
-            write_frame(&mut *self.writer.lock().await, &frame).await?;
+            self.requests
+                .send(frame)
+                .await
+                .map_err(|_| self.unavailable("connection lost"))?;
             rx.await.map_err(|_| self.unavailable("connection lost"))
         };
         let reply = match tokio::time::timeout(self.timeout, exchange).await {

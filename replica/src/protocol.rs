@@ -282,6 +282,27 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     finish(&raw, header, body.freeze()).map(Some)
 }
 
+/// Socket buffer size on both ends: many small frames travel in one syscall.
+pub const SOCKET_BUFFER: usize = 256 << 10;
+
+/// Writes frames from `frames` to `writer` until the channel closes or the socket fails,
+/// flushing only when no further frame is waiting: under load, replies and requests are
+/// batched into few syscalls; when idle, each goes out at once.
+pub async fn pump_frames<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut frames: tokio::sync::mpsc::Receiver<Frame>,
+) -> Result<()> {
+    let mut writer = tokio::io::BufWriter::with_capacity(SOCKET_BUFFER, writer);
+    while let Some(frame) = frames.recv().await {
+        write_frame(&mut writer, &frame).await?;
+        while let Ok(frame) = frames.try_recv() {
+            write_frame(&mut writer, &frame).await?;
+        }
+        writer.flush().await.map_err(Error::io("write frames"))?;
+    }
+    Ok(())
+}
+
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<()> {
     let header = frame.encode();
     // Header and body in one vectored write: no copy of the data, one syscall when it fits.

@@ -18,8 +18,15 @@ use tokio::sync::mpsc;
 use crate::auth::{server_handshake, Token};
 use crate::error::{Error, Result};
 use crate::messages::{GenerationChange, OpenRequest};
-use crate::protocol::{read_frame, write_frame, Frame, Kind, FLAG_FUA, MAX_IO};
+use crate::protocol::{
+    pump_frames, read_frame, Frame, Kind, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
+};
 use crate::volume::ReplicaVolume;
+
+/// The largest volume served (64 TiB): its region bitmap must fit in one frame's body
+/// (`GetBitmap`), and a peer's `Open` must not make the replica allocate a bitmap of any
+/// size it names.
+pub const MAX_VOLUME_SIZE: u64 = MAX_BODY as u64 * 8 * crate::bitmap::REGION_SIZE;
 
 pub struct ReplicaService {
     root: PathBuf,
@@ -73,16 +80,11 @@ impl ReplicaService {
         .await
         .map_err(|_| Error::Unauthenticated("handshake timed out".into()))??;
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(SOCKET_BUFFER, reader);
         // Replies come from concurrent handlers; one task owns the socket's write side.
-        let (reply_tx, mut reply_rx) = mpsc::channel::<Frame>(256);
-        let writer_task = tokio::spawn(async move {
-            while let Some(frame) = reply_rx.recv().await {
-                if write_frame(&mut writer, &frame).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (reply_tx, reply_rx) = mpsc::channel::<Frame>(256);
+        let writer_task = tokio::spawn(pump_frames(writer, reply_rx));
         let mut open: Option<Arc<OpenVolume>> = None;
         let result = loop {
             let frame = match read_frame(&mut reader).await {
@@ -129,6 +131,12 @@ impl ReplicaService {
     async fn open(&self, frame: &Frame, session: u64) -> Result<Arc<OpenVolume>> {
         let request: OpenRequest = frame.parse_json()?;
         crate::names::check_volume(&request.volume)?;
+        if request.size > MAX_VOLUME_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "volume size {} exceeds {MAX_VOLUME_SIZE}",
+                request.size
+            )));
+        }
         let existing = self.volumes.lock().unwrap().get(&request.volume).cloned();
         let volume = match existing {
             Some(volume) if volume.volume.size() == request.size => volume,
