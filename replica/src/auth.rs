@@ -20,7 +20,10 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Result};
-use crate::protocol::{read_frame, write_frame, Frame, Kind};
+use crate::protocol::{read_frame_limited, write_frame, Frame, Kind};
+
+/// Handshake bodies are small JSON objects; nothing larger is read before authentication.
+const HANDSHAKE_MAX_BODY: usize = 4096;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Shorter secrets are refused: they could be guessed offline from one handshake.
@@ -109,7 +112,7 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
 }
 
 async fn expect<R: AsyncRead + Unpin>(reader: &mut R, kind: Kind) -> Result<Frame> {
-    match read_frame(reader).await? {
+    match read_frame_limited(reader, HANDSHAKE_MAX_BODY).await? {
         Some(frame) if frame.kind == kind && frame.status == 0 => Ok(frame),
         Some(frame) if frame.kind == Kind::Reply => Err(Error::Unauthenticated(
             String::from_utf8_lossy(&frame.body).into_owned(),

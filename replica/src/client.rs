@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
 use crate::messages::{GenerationChange, OpenRequest};
-use crate::protocol::{pump_frames, read_frame, Frame, Kind, Status, FLAG_FUA, SOCKET_BUFFER};
+use crate::protocol::{
+    pump_frames, read_frame, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
+};
 use crate::volume::ReplicaState;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -24,7 +26,7 @@ pub struct ReplicaClient {
     /// The replica's id (its node), for messages and membership.
     pub replica: String,
     address: String,
-    requests: tokio::sync::mpsc::Sender<Frame>,
+    requests: tokio::sync::mpsc::Sender<Outgoing>,
     pending: Pending,
     next_id: AtomicU64,
     failed: Arc<AtomicBool>,
@@ -113,7 +115,7 @@ impl ReplicaClient {
         self.pending.lock().unwrap().insert(id, tx);
         let exchange = async {
             self.requests
-                .send(frame)
+                .send(frame.into())
                 .await
                 .map_err(|_| self.unavailable("connection lost"))?;
             rx.await.map_err(|_| self.unavailable("connection lost"))

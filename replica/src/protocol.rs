@@ -205,6 +205,10 @@ struct Header {
 }
 
 fn parse_header(raw: &[u8; HEADER_LEN]) -> Result<Header> {
+    parse_header_limited(raw, MAX_BODY)
+}
+
+fn parse_header_limited(raw: &[u8; HEADER_LEN], max_body: usize) -> Result<Header> {
     let u32_at = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
     let u64_at = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().unwrap());
     if u32_at(0) != MAGIC {
@@ -213,9 +217,9 @@ fn parse_header(raw: &[u8; HEADER_LEN]) -> Result<Header> {
     let kind = Kind::from_u8(raw[4])
         .ok_or_else(|| Error::Protocol(format!("unknown frame kind {}", raw[4])))?;
     let body_len = u32_at(32) as usize;
-    if body_len > MAX_BODY {
+    if body_len > max_body {
         return Err(Error::Protocol(format!(
-            "frame body of {body_len} bytes exceeds {MAX_BODY}"
+            "frame body of {body_len} bytes exceeds {max_body}"
         )));
     }
     Ok(Header {
@@ -267,19 +271,39 @@ fn finish(raw: &[u8; HEADER_LEN], header: Header, body: Bytes) -> Result<Frame> 
 
 /// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>> {
+    read_frame_limited(reader, MAX_BODY).await
+}
+
+/// `read_frame` refusing bodies over `max_body` from the header alone (before allocating):
+/// the handshake uses a small limit, so a peer without the token cannot make us hold
+/// megabytes.
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_body: usize,
+) -> Result<Option<Frame>> {
     let mut raw = [0u8; HEADER_LEN];
     match reader.read_exact(&mut raw).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(Error::io("read frame header")(e)),
     }
-    let header = parse_header(&raw)?;
+    let header = parse_header_limited(&raw, max_body)?;
     let mut body = BytesMut::zeroed(header.body_len);
     reader
         .read_exact(&mut body)
         .await
         .map_err(Error::io("read frame body"))?;
     finish(&raw, header, body.freeze()).map(Some)
+}
+
+/// A frame on its way out, with the share of the connection's in-flight budget it holds
+/// until it is written (see `server.rs`).
+pub struct Outgoing(pub Frame, pub Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing(frame, None)
+    }
 }
 
 /// Socket buffer size on both ends: many small frames travel in one syscall.
@@ -290,13 +314,13 @@ pub const SOCKET_BUFFER: usize = 256 << 10;
 /// batched into few syscalls; when idle, each goes out at once.
 pub async fn pump_frames<W: AsyncWrite + Unpin>(
     writer: W,
-    mut frames: tokio::sync::mpsc::Receiver<Frame>,
+    mut frames: tokio::sync::mpsc::Receiver<Outgoing>,
 ) -> Result<()> {
     let mut writer = tokio::io::BufWriter::with_capacity(SOCKET_BUFFER, writer);
-    while let Some(frame) = frames.recv().await {
-        write_frame(&mut writer, &frame).await?;
-        while let Ok(frame) = frames.try_recv() {
-            write_frame(&mut writer, &frame).await?;
+    while let Some(first) = frames.recv().await {
+        write_frame(&mut writer, &first.0).await?;
+        while let Ok(next) = frames.try_recv() {
+            write_frame(&mut writer, &next.0).await?;
         }
         writer.flush().await.map_err(Error::io("write frames"))?;
     }

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::auth::{server_handshake, Token};
 use crate::error::{Error, Result};
 use crate::messages::{GenerationChange, OpenRequest};
 use crate::protocol::{
-    pump_frames, read_frame, Frame, Kind, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
+    pump_frames, read_frame, Frame, Kind, Outgoing, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
 };
 use crate::volume::ReplicaVolume;
 
@@ -83,7 +83,11 @@ impl ReplicaService {
         let (reader, writer) = stream.into_split();
         let mut reader = tokio::io::BufReader::with_capacity(SOCKET_BUFFER, reader);
         // Replies come from concurrent handlers; one task owns the socket's write side.
-        let (reply_tx, reply_rx) = mpsc::channel::<Frame>(256);
+        let (reply_tx, reply_rx) = mpsc::channel::<Outgoing>(256);
+        // Bytes a connection may hold in requests being served and replies not yet written:
+        // a peer that sends requests without reading replies stops being read, instead of
+        // making the service buffer without bound.
+        let budget = Arc::new(Semaphore::new(IN_FLIGHT_UNITS));
         let writer_task = tokio::spawn(pump_frames(writer, reply_rx));
         let mut open: Option<Arc<OpenVolume>> = None;
         let result = loop {
@@ -92,7 +96,7 @@ impl ReplicaService {
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     // A frame we cannot trust ends the connection; say why first.
-                    let _ = reply_tx.send(Frame::error_reply(0, &e)).await;
+                    let _ = reply_tx.send(Frame::error_reply(0, &e).into()).await;
                     break Err(e);
                 }
             };
@@ -106,13 +110,16 @@ impl ReplicaService {
                     }
                     Err(e) => Frame::error_reply(id, &e),
                 };
-                let _ = reply_tx.send(reply).await;
+                let _ = reply_tx.send(reply.into()).await;
                 continue;
             }
             let Some(volume) = open.clone() else {
                 let error = Error::InvalidArgument("no volume is open on this connection".into());
-                let _ = reply_tx.send(Frame::error_reply(id, &error)).await;
+                let _ = reply_tx.send(Frame::error_reply(id, &error).into()).await;
                 continue;
+            };
+            let Ok(permit) = budget.clone().acquire_many_owned(cost(&frame)).await else {
+                break Ok(());
             };
             let tx = reply_tx.clone();
             tokio::spawn(async move {
@@ -120,7 +127,7 @@ impl ReplicaService {
                     Ok(reply) => reply,
                     Err(e) => Frame::error_reply(id, &e),
                 };
-                let _ = tx.send(reply).await;
+                let _ = tx.send(Outgoing(reply, Some(permit))).await;
             });
         };
         drop(reply_tx);
@@ -175,6 +182,24 @@ impl ReplicaService {
         }
         Ok(volume)
     }
+}
+
+/// The in-flight budget per connection, in units of `BUDGET_UNIT` bytes (64 MiB).
+const BUDGET_UNIT: usize = 64 << 10;
+const IN_FLIGHT_UNITS: usize = 1024;
+
+/// A request's share of the budget: its body, or for a read the data it will return.
+fn cost(frame: &Frame) -> u32 {
+    let bytes = match frame.kind {
+        Kind::Read => frame
+            .body
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+            .unwrap_or(0)
+            .min(MAX_IO),
+        _ => frame.body.len(),
+    };
+    (bytes / BUDGET_UNIT + 1) as u32
 }
 
 /// Runs one request of an open volume; the file work runs on the blocking pool.

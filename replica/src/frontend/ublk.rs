@@ -20,6 +20,8 @@
 //!   The device advertises a volatile write cache with FUA, so the kernel sends flushes.
 //!
 //! Needs root (CAP_SYS_ADMIN) and the `ublk_drv` module; see [`available`].
+// Without the `ublk` feature only the ABI helpers' unit tests use them.
+#![cfg_attr(not(all(target_os = "linux", feature = "ublk")), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
