@@ -80,9 +80,16 @@ pub struct VolumeArgs {
     /// Serve the volume over NBD on this Unix socket.
     #[arg(long)]
     pub nbd_socket: Option<PathBuf>,
-    /// Expose the volume as the file `volume` in a FUSE mount at this directory.
+    /// Kernel block device to create: auto (ublk, then NBD, then FUSE + loop), ublk, nbd,
+    /// fuse, or none.
+    #[arg(long, default_value = "none")]
+    pub frontend: String,
+    /// Where the fuse frontend mounts the file holding the volume.
+    #[arg(long, default_value = "/run/warren/fuse")]
+    pub fuse_dir: PathBuf,
+    /// Make this path a symlink to the kernel block device.
     #[arg(long)]
-    pub fuse_dir: Option<PathBuf>,
+    pub device_link: Option<PathBuf>,
     /// Write the engine's status as JSON to this file whenever it changes.
     #[arg(long)]
     pub status_file: Option<PathBuf>,

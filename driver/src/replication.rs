@@ -11,7 +11,106 @@ use warren_replica::engine::{Engine, EngineConfig, ReplicaAddress};
 use warren_replica::server::ReplicaService;
 use warren_replica::BlockTarget;
 
+use warren_replica::frontend::select::{self, FrontendKind};
+use warren_replica::frontend::{fuse, nbd, ublk};
+
 use crate::cli::{ReplicaArgs, VolumeArgs};
+
+/// The kernel block device a frontend made of the volume.
+enum Device {
+    Ublk(ublk::UblkDevice),
+    Nbd(nbd::KernelNbd),
+    /// A loop device (direct I/O) on the one file of a FUSE mount.
+    FuseLoop {
+        loop_device: std::path::PathBuf,
+        mount: fuse::FuseVolume,
+    },
+}
+
+impl Device {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Device::Ublk(d) => d.device(),
+            Device::Nbd(d) => d.device(),
+            Device::FuseLoop { loop_device, .. } => loop_device,
+        }
+    }
+
+    async fn detach(self) -> Result<()> {
+        match self {
+            Device::Ublk(d) => d.detach().await.map_err(core_error),
+            Device::Nbd(d) => d.detach().await.map_err(core_error),
+            Device::FuseLoop { mut mount, .. } => {
+                use warren_node::loopdev::{BlockDevices, LoopDevices};
+                LoopDevices
+                    .detach(mount.path())
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                // The loop device lets go of the file asynchronously.
+                for _ in 0..50 {
+                    if mount.unmount().is_ok() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                mount.unmount().map_err(core_error)
+            }
+        }
+    }
+}
+
+/// A free kernel NBD device: one without a connected server.
+fn free_nbd_device() -> Result<std::path::PathBuf> {
+    for n in 0..64 {
+        let dev = std::path::PathBuf::from(format!("/dev/nbd{n}"));
+        if !dev.exists() {
+            break;
+        }
+        if !std::path::Path::new(&format!("/sys/block/nbd{n}/pid")).exists() {
+            return Ok(dev);
+        }
+    }
+    Err(Error::Unavailable("no free /dev/nbd device".into()))
+}
+
+async fn attach_frontend(
+    args: &VolumeArgs,
+    target: Arc<dyn BlockTarget>,
+) -> Result<Option<Device>> {
+    if args.frontend == "none" {
+        return Ok(None);
+    }
+    let requested: FrontendKind = args.frontend.parse().map_err(core_error)?;
+    let kind = select::probe().choose(requested).map_err(core_error)?;
+    let device = match kind {
+        FrontendKind::Ublk => Device::Ublk(
+            ublk::attach_async(target, ublk::UblkOptions::default())
+                .await
+                .map_err(core_error)?,
+        ),
+        FrontendKind::Nbd => {
+            // The module may not be loaded yet; modprobe creates the device nodes.
+            let _ = std::process::Command::new("modprobe").arg("nbd").status();
+            let dev = free_nbd_device()?;
+            Device::Nbd(nbd::attach_kernel(&dev, target).map_err(core_error)?)
+        }
+        FrontendKind::Fuse | FrontendKind::Auto => {
+            use warren_node::loopdev::LoopDevices;
+            let dir = args.fuse_dir.join(&args.volume);
+            std::fs::create_dir_all(&dir)
+                .map_err(Error::io(format!("create {}", dir.display())))?;
+            let mount = fuse::mount(&dir, "volume", target, tokio::runtime::Handle::current())
+                .map_err(core_error)?;
+            let file = mount.path().to_path_buf();
+            let loop_device = tokio::task::spawn_blocking(move || LoopDevices.attach_direct(&file))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Device::FuseLoop { loop_device, mount }
+        }
+    };
+    tracing::info!(frontend = %kind, device = %device.path().display(), "volume attached as a block device");
+    Ok(Some(device))
+}
 
 fn core_error(e: warren_replica::Error) -> Error {
     match e {
@@ -113,18 +212,18 @@ pub async fn run_volume(args: VolumeArgs, mut stop: watch::Receiver<bool>) -> Re
                 .map_err(core_error)
         });
     }
-    let fuse = match &args.fuse_dir {
-        Some(dir) => Some(
-            warren_replica::frontend::fuse::mount(
-                dir,
-                "volume",
-                target.clone(),
-                tokio::runtime::Handle::current(),
-            )
-            .map_err(core_error)?,
-        ),
-        None => None,
+    let device = match attach_frontend(&args, target.clone()).await {
+        Ok(device) => device,
+        Err(e) => {
+            engine.close().await.map_err(core_error)?;
+            return Err(e);
+        }
     };
+    if let (Some(link), Some(path)) = (&args.device_link, device.as_ref().map(|d| d.path())) {
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(path, link)
+            .map_err(Error::io(format!("symlink {}", link.display())))?;
+    }
     if let Some(path) = args.status_file.clone() {
         let engine = engine.clone();
         tasks.spawn(async move {
@@ -164,8 +263,15 @@ pub async fn run_volume(args: VolumeArgs, mut stop: watch::Receiver<bool>) -> Re
             }
         }
     }
-    drop(fuse);
     tasks.abort_all();
+    if let Some(link) = &args.device_link {
+        let _ = std::fs::remove_file(link);
+    }
+    if let Some(device) = device {
+        if let Err(e) = device.detach().await {
+            tracing::error!(error = %e, "detaching the block device failed");
+        }
+    }
     engine.close().await.map_err(core_error)?;
     if let Some(socket) = &args.nbd_socket {
         let _ = std::fs::remove_file(socket);

@@ -116,7 +116,12 @@ fn name_field(path: &Path) -> [u8; 64] {
     name
 }
 
-fn configure(dev: &File, backing: &File, backing_path: &Path) -> std::result::Result<(), Errno> {
+fn configure(
+    dev: &File,
+    backing: &File,
+    backing_path: &Path,
+    direct_io: bool,
+) -> std::result::Result<(), Errno> {
     let mut config = LoopConfig {
         fd: backing.as_raw_fd() as u32,
         block_size: 0,
@@ -125,6 +130,9 @@ fn configure(dev: &File, backing: &File, backing_path: &Path) -> std::result::Re
         reserved: [0; 8],
     };
     config.info.lo_file_name = name_field(backing_path);
+    if direct_io {
+        config.info.lo_flags |= LO_FLAGS_DIRECT_IO;
+    }
     match ioctl(
         dev,
         LOOP_CONFIGURE,
@@ -182,8 +190,19 @@ fn canonical(backing: &Path) -> Result<PathBuf> {
     })
 }
 
-impl BlockDevices for LoopDevices {
-    fn attach(&self, backing: &Path) -> Result<PathBuf> {
+/// The loop device reads and writes its backing file with O_DIRECT: no second page cache
+/// under the one of the file system on the device, and requests are submitted
+/// concurrently instead of one at a time (what a FUSE-backed file needs to perform).
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+impl LoopDevices {
+    /// `attach` with the loop device doing direct I/O on its backing file (the kernel falls
+    /// back to buffered I/O where the backing file system cannot).
+    pub fn attach_direct(&self, backing: &Path) -> Result<PathBuf> {
+        self.attach_with(backing, true)
+    }
+
+    fn attach_with(&self, backing: &Path, direct_io: bool) -> Result<PathBuf> {
         let backing = canonical(backing)?;
         let _guard = ATTACH.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(dev) = Self::find_canonical(&backing)? {
@@ -197,7 +216,7 @@ impl BlockDevices for LoopDevices {
                 .map_err(Error::sys("LOOP_CTL_GET_FREE", "/dev/loop-control"))?;
             let path = device_node(n as u32)?;
             let dev = open_errno(&path, true)?;
-            match configure(&dev, &file, &backing) {
+            match configure(&dev, &file, &backing, direct_io) {
                 Ok(()) => return Ok(path),
                 Err(Errno::EBUSY) => continue,
                 Err(e) => return Err(Error::sys("LOOP_CONFIGURE", &path)(e)),
@@ -206,6 +225,12 @@ impl BlockDevices for LoopDevices {
         Err(Error::Core(warren_core::Error::Unavailable(
             "no free loop device after 16 attempts".into(),
         )))
+    }
+}
+
+impl BlockDevices for LoopDevices {
+    fn attach(&self, backing: &Path) -> Result<PathBuf> {
+        self.attach_with(backing, false)
     }
 
     fn find(&self, backing: &Path) -> Result<Option<PathBuf>> {
