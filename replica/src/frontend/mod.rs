@@ -1,5 +1,5 @@
 //! Frontends: expose a `BlockTarget` as a kernel block device.
 pub mod fuse;
 pub mod nbd;
-pub mod ublk;
 pub mod select;
+pub mod ublk;
