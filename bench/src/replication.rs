@@ -166,14 +166,33 @@ async fn workload(
     }
 }
 
+/// Each workload three times; the median run (by throughput) is reported, since a shared
+/// 2-vCPU VM varies a lot from run to run.
+async fn median(
+    target: &Arc<dyn BlockTarget>,
+    label: &str,
+    write: bool,
+    io: u64,
+    count: u64,
+    qd: usize,
+    random: bool,
+) -> Run {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(workload(target, label, write, io, count, qd, random).await);
+    }
+    runs.sort_by(|a, b| a.mb_s.total_cmp(&b.mb_s));
+    runs.swap_remove(1)
+}
+
 async fn suite(target: Arc<dyn BlockTarget>, scale: u64) -> Vec<Run> {
-    let seq = scale * MIB / MIB; // 1 MiB I/Os
+    let seq = scale; // 1 MiB I/Os
     let rand = scale * 64; // 4 KiB I/Os
     vec![
-        workload(&target, "seq write 1M qd4", true, MIB, seq, 4, false).await,
-        workload(&target, "seq read 1M qd4", false, MIB, seq, 4, false).await,
-        workload(&target, "rand write 4K qd16", true, 4096, rand, 16, true).await,
-        workload(&target, "rand read 4K qd16", false, 4096, rand, 16, true).await,
+        median(&target, "seq write 1M qd4", true, MIB, seq, 4, false).await,
+        median(&target, "seq read 1M qd4", false, MIB, seq, 4, false).await,
+        median(&target, "rand write 4K qd16", true, 4096, rand, 16, true).await,
+        median(&target, "rand read 4K qd16", false, 4096, rand, 16, true).await,
     ]
 }
 

@@ -288,11 +288,21 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
         Err(e) => return Err(Error::io("read frame header")(e)),
     }
     let header = parse_header_limited(&raw, max_body)?;
-    let mut body = BytesMut::zeroed(header.body_len);
-    reader
-        .read_exact(&mut body)
-        .await
-        .map_err(Error::io("read frame body"))?;
+    // Read into spare capacity: no zeroing of buffers that are about to be overwritten.
+    let mut body = BytesMut::with_capacity(header.body_len);
+    while body.len() < header.body_len {
+        let want = (header.body_len - body.len()) as u64;
+        let n = (&mut *reader)
+            .take(want)
+            .read_buf(&mut body)
+            .await
+            .map_err(Error::io("read frame body"))?;
+        if n == 0 {
+            return Err(Error::io("read frame body")(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+    }
     finish(&raw, header, body.freeze()).map(Some)
 }
 

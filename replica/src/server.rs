@@ -121,13 +121,18 @@ impl ReplicaService {
             let Ok(permit) = budget.clone().acquire_many_owned(cost(&frame)).await else {
                 break Ok(());
             };
+            // Straight onto the blocking pool (file I/O), which queues the reply itself:
+            // one thread hand-off per request, not two.
             let tx = reply_tx.clone();
-            tokio::spawn(async move {
-                let reply = match handle(volume, session, frame).await {
-                    Ok(reply) => reply,
+            tokio::task::spawn_blocking(move || {
+                let reply = match handle(&volume, session, frame) {
+                    Ok(mut reply) => {
+                        reply.request_id = id;
+                        reply
+                    }
                     Err(e) => Frame::error_reply(id, &e),
                 };
-                let _ = tx.send(Outgoing(reply, Some(permit))).await;
+                let _ = tx.blocking_send(Outgoing(reply, Some(permit)));
             });
         };
         drop(reply_tx);
@@ -202,21 +207,14 @@ fn cost(frame: &Frame) -> u32 {
     (bytes / BUDGET_UNIT + 1) as u32
 }
 
-/// Runs one request of an open volume; the file work runs on the blocking pool.
-async fn handle(open: Arc<OpenVolume>, session: u64, frame: Frame) -> Result<Frame> {
+/// Runs one request of an open volume, on the blocking pool (it does file I/O).
+fn handle(open: &OpenVolume, session: u64, frame: Frame) -> Result<Frame> {
     if open.session.load(Ordering::Acquire) != session {
         return Err(Error::Fenced(
             "another engine has opened this volume since".into(),
         ));
     }
-    let id = frame.request_id;
-    tokio::task::spawn_blocking(move || execute(&open.volume, frame))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .map(|mut reply| {
-            reply.request_id = id;
-            reply
-        })
+    execute(&open.volume, frame)
 }
 
 fn execute(volume: &ReplicaVolume, frame: Frame) -> Result<Frame> {
