@@ -148,3 +148,55 @@ async fn a_second_engine_fences_the_first_and_resyncs_after_its_crash() {
     second.close().await.unwrap();
     assert_identical("vol", &[&replicas[0], &replicas[1]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_rebuild_stays_under_its_rate_while_the_volume_keeps_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut cfg = config("vol", 32 * MIB, &replicas);
+    cfg.create = true;
+    cfg.rebuild_rate = 16 * MIB;
+    let engine = Engine::start(cfg).await.unwrap();
+    // r1 goes away; then every region gets non-zero data, so the rebuild must copy (not
+    // discard) all 32 MiB: at 16 MiB/s that takes at least 2 s.
+    replicas[1].link.cut();
+    for region in 0..32 {
+        engine
+            .write(
+                region * MIB,
+                Bytes::from(vec![region as u8 + 1; MIB as usize]),
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(engine.status().await.members, vec!["r0"]);
+    replicas[1].link.mend();
+    let started = std::time::Instant::now();
+    let mut writes = 0u64;
+    loop {
+        let status = engine.status().await;
+        if status.members.len() == 2 && status.last_rebuild.is_some() {
+            break;
+        }
+        // The volume's own writes keep being served during the rebuild.
+        let block_index = 8 * 256 + writes % 64; // inside region 8
+        write_blocks(&engine, block_index..block_index + 1, writes + 100).await;
+        writes += 1;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no rebuild"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stats = engine.status().await.last_rebuild.unwrap();
+    assert!(stats.bytes >= 32 * MIB, "{stats:?}");
+    assert!(
+        stats.elapsed >= std::time::Duration::from_millis(1900),
+        "32 MiB rebuilt in {:?} despite a 16 MiB/s limit",
+        stats.elapsed
+    );
+    assert!(writes > 10, "only {writes} writes during the rebuild");
+    engine.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
