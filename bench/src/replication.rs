@@ -117,15 +117,26 @@ struct Run {
     p99_us: u128,
 }
 
-async fn workload(
-    target: &Arc<dyn BlockTarget>,
-    label: &str,
+/// One I/O pattern: `count` I/Os of `io` bytes, `qd` at a time.
+#[derive(Clone, Copy)]
+struct Workload {
+    label: &'static str,
     write: bool,
     io: u64,
     count: u64,
     qd: usize,
     random: bool,
-) -> Run {
+}
+
+async fn workload(target: &Arc<dyn BlockTarget>, w: Workload) -> Run {
+    let Workload {
+        label,
+        write,
+        io,
+        count,
+        qd,
+        random,
+    } = w;
     let size = target.size();
     let data = pattern((4 * MIB) as usize, 7);
     let slots = size / io;
@@ -168,18 +179,10 @@ async fn workload(
 
 /// Each workload three times; the median run (by throughput) is reported, since a shared
 /// 2-vCPU VM varies a lot from run to run.
-async fn median(
-    target: &Arc<dyn BlockTarget>,
-    label: &str,
-    write: bool,
-    io: u64,
-    count: u64,
-    qd: usize,
-    random: bool,
-) -> Run {
+async fn median(target: &Arc<dyn BlockTarget>, w: Workload) -> Run {
     let mut runs = Vec::new();
     for _ in 0..3 {
-        runs.push(workload(target, label, write, io, count, qd, random).await);
+        runs.push(workload(target, w).await);
     }
     runs.sort_by(|a, b| a.mb_s.total_cmp(&b.mb_s));
     runs.swap_remove(1)
@@ -188,12 +191,25 @@ async fn median(
 async fn suite(target: Arc<dyn BlockTarget>, scale: u64) -> Vec<Run> {
     let seq = scale; // 1 MiB I/Os
     let rand = scale * 64; // 4 KiB I/Os
-    vec![
-        median(&target, "seq write 1M qd4", true, MIB, seq, 4, false).await,
-        median(&target, "seq read 1M qd4", false, MIB, seq, 4, false).await,
-        median(&target, "rand write 4K qd16", true, 4096, rand, 16, true).await,
-        median(&target, "rand read 4K qd16", false, 4096, rand, 16, true).await,
-    ]
+    let workloads = [
+        ("seq write 1M qd4", true, MIB, seq, 4, false),
+        ("seq read 1M qd4", false, MIB, seq, 4, false),
+        ("rand write 4K qd16", true, 4096, rand, 16, true),
+        ("rand read 4K qd16", false, 4096, rand, 16, true),
+    ];
+    let mut runs = Vec::new();
+    for (label, write, io, count, qd, random) in workloads {
+        let w = Workload {
+            label,
+            write,
+            io,
+            count,
+            qd,
+            random,
+        };
+        runs.push(median(&target, w).await);
+    }
+    runs
 }
 
 fn proc_stat(pid: u32) -> (u64, u64) {
