@@ -308,7 +308,7 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
 
 /// A frame on its way out, with the share of the connection's in-flight budget it holds
 /// until it is written (see `server.rs`).
-pub struct Outgoing(pub Frame, pub Option<tokio::sync::OwnedSemaphorePermit>);
+pub struct Outgoing(pub Frame, pub Option<Box<dyn Send + Sync>>);
 
 impl From<Frame> for Outgoing {
     fn from(frame: Frame) -> Self {

@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{server_handshake, Token};
 use crate::error::{Error, Result};
@@ -34,6 +34,23 @@ pub struct ReplicaService {
     token: Token,
     volumes: Mutex<HashMap<String, Arc<OpenVolume>>>,
     sessions: AtomicU64,
+    /// Bytes (in budget units) held by requests in service and replies not yet written,
+    /// over all connections.
+    held: Arc<AtomicUsize>,
+}
+
+/// A request's share of its connection's budget, counted in the service-wide gauge until
+/// its reply is written.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    units: usize,
+    gauge: Arc<AtomicUsize>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.units, Ordering::AcqRel);
+    }
 }
 
 struct OpenVolume {
@@ -52,7 +69,13 @@ impl ReplicaService {
             token,
             volumes: Mutex::new(HashMap::new()),
             sessions: AtomicU64::new(1),
+            held: Arc::new(AtomicUsize::new(0)),
         }))
+    }
+
+    /// Bytes held by requests being served and replies not yet written (an upper bound).
+    pub fn in_flight_bytes(&self) -> usize {
+        self.held.load(Ordering::Acquire) * BUDGET_UNIT
     }
 
     /// Accepts connections until the listener fails or the task is dropped.
@@ -118,8 +141,15 @@ impl ReplicaService {
                 let _ = reply_tx.send(Frame::error_reply(id, &error).into()).await;
                 continue;
             };
-            let Ok(permit) = budget.clone().acquire_many_owned(cost(&frame)).await else {
+            let units = cost(&frame);
+            let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
                 break Ok(());
+            };
+            self.held.fetch_add(units as usize, Ordering::AcqRel);
+            let held = Held {
+                _permit: permit,
+                units: units as usize,
+                gauge: self.held.clone(),
             };
             // Straight onto the blocking pool (file I/O), which queues the reply itself:
             // one thread hand-off per request, not two.
@@ -132,7 +162,7 @@ impl ReplicaService {
                     }
                     Err(e) => Frame::error_reply(id, &e),
                 };
-                let _ = tx.blocking_send(Outgoing(reply, Some(permit)));
+                let _ = tx.blocking_send(Outgoing(reply, Some(Box::new(held))));
             });
         };
         drop(reply_tx);
