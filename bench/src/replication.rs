@@ -260,7 +260,11 @@ async fn main() {
             r.label, r.mb_s, r.iops, r.p50_us, r.p99_us
         );
     }
-    for n in 1..=3 {
+    // BENCH_ONLY=N: only the N-replica runs (for profiling).
+    let only: Option<usize> = std::env::var("BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for n in (1..=3).filter(|n| only.is_none_or(|o| o == *n)) {
         let engine = Engine::start(config(&format!("bench{n}"), size, &replicas[..n], true))
             .await
             .unwrap();
@@ -280,6 +284,13 @@ async fn main() {
         engine.close().await.unwrap();
     }
 
+    if only.is_some() {
+        for r in &mut replicas {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        return;
+    }
     // Rebuild: fill a 2-replica volume, replace b's disk, time the full rebuild.
     let volume = "rebuild";
     let engine = Engine::start(config(volume, size, &replicas[..2], true))

@@ -18,8 +18,10 @@
 //!   history than it holds.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -69,6 +71,10 @@ pub struct ReplicaVolume {
     state: RwLock<ReplicaState>,
     /// Serializes writes of the bitmap file.
     bitmap_write: Mutex<()>,
+    /// Whether the file system takes buffered `RWF_NOWAIT` writes (xfs and btrfs do; ext4
+    /// and tmpfs refuse them with EOPNOTSUPP): learnt on the first try, so a refusing file
+    /// system costs one wasted syscall, not one per write.
+    nowait_writes: AtomicBool,
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -131,6 +137,7 @@ impl ReplicaVolume {
             bitmap,
             state: RwLock::new(state),
             bitmap_write: Mutex::new(()),
+            nowait_writes: AtomicBool::new(true),
         })
     }
 
@@ -279,22 +286,41 @@ impl ReplicaVolume {
     }
 
     /// Marks the regions of a coming write; the bits are durable before it returns.
+    ///
+    /// A bit is set in memory only after it is on disk, so a writer that finds its
+    /// regions already set (here, or on the non-blocking path) never races ahead of
+    /// another writer's bitmap sync: an acknowledged write is always covered by a
+    /// durable bit.
     fn mark(&self, offset: u64, len: u64) -> Result<()> {
-        let mut fresh = false;
-        for r in regions_of(offset, len) {
-            fresh |= self.bitmap.set(r);
+        let regions = regions_of(offset, len);
+        if regions.clone().all(|r| self.bitmap.test(r)) {
+            return Ok(());
         }
-        if fresh {
-            let _guard = self.bitmap_write.lock().unwrap();
-            self.write_bitmap()?;
+        let _guard = self.bitmap_write.lock().unwrap();
+        let fresh: Vec<u64> = regions.filter(|&r| !self.bitmap.test(r)).collect();
+        if fresh.is_empty() {
+            return Ok(()); // another writer made them durable while we waited
+        }
+        let mut bytes = self.bitmap.to_bytes();
+        for &r in &fresh {
+            bytes[(r / 8) as usize] |= 1 << (r % 8);
+        }
+        self.write_bitmap_bytes(&bytes)?;
+        for r in fresh {
+            self.bitmap.set(r);
         }
         Ok(())
     }
 
     fn write_bitmap(&self) -> Result<()> {
+        let _guard = self.bitmap_write.lock().unwrap();
+        self.write_bitmap_bytes(&self.bitmap.to_bytes())
+    }
+
+    fn write_bitmap_bytes(&self, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join("bitmap");
         self.bitmap_file
-            .write_all_at(&self.bitmap.to_bytes(), 0)
+            .write_all_at(bytes, 0)
             .map_err(io_err("write", &path))?;
         self.bitmap_file.sync_data().map_err(io_err("sync", &path))
     }
@@ -313,6 +339,77 @@ impl ReplicaVolume {
             .read_exact_at(&mut buf, offset)
             .map_err(io_err("read", &self.dir))?;
         Ok(Bytes::from(buf))
+    }
+
+    /// A read the page cache can answer without blocking (`preadv2(RWF_NOWAIT)`), so the
+    /// service can answer it on its network thread instead of handing it to the blocking
+    /// pool. `None`: it would block (or failed in a way the blocking path will report).
+    pub fn try_read_nowait(&self, gen: u64, offset: u64, len: usize) -> Option<Result<Bytes>> {
+        let state = self.state.try_read().ok()?;
+        if let Err(e) = self
+            .check_gen(&state, gen)
+            .and_then(|_| check_range(state.size, offset, len as u64))
+        {
+            return Some(Err(e));
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: the iovec points at `len` bytes of capacity owned by `buf`; the length
+        // is set only after the kernel filled all of them.
+        let n = unsafe {
+            libc::preadv2(
+                self.data.as_raw_fd(),
+                &iov,
+                1,
+                offset as i64,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n != len as isize {
+            return None;
+        }
+        unsafe { buf.set_len(len) };
+        Some(Ok(Bytes::from(buf)))
+    }
+
+    /// A write the page cache can take without blocking (`pwritev2(RWF_NOWAIT)`) into
+    /// regions already marked (marking a new region needs an fdatasync). `None`: it would
+    /// block; the caller writes through the blocking path (rewriting any prefix written
+    /// here with the same bytes).
+    pub fn try_write_nowait(&self, gen: u64, offset: u64, data: &[u8]) -> Option<Result<()>> {
+        let state = self.state.try_read().ok()?;
+        if let Err(e) = self
+            .check_gen(&state, gen)
+            .and_then(|_| check_range(state.size, offset, data.len() as u64))
+        {
+            return Some(Err(e));
+        }
+        if !self.nowait_writes.load(Ordering::Relaxed)
+            || regions_of(offset, data.len() as u64).any(|r| !self.bitmap.test(r))
+        {
+            return None;
+        }
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: the iovec points at `data`, which outlives the call; the kernel only reads.
+        let n = unsafe {
+            libc::pwritev2(
+                self.data.as_raw_fd(),
+                &iov,
+                1,
+                offset as i64,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+            self.nowait_writes.store(false, Ordering::Relaxed);
+        }
+        (n == data.len() as isize).then_some(Ok(()))
     }
 
     pub fn write(&self, gen: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
@@ -415,6 +512,37 @@ mod tests {
         assert!(v.state().in_sync());
         assert!(!v.state().rebuilding);
         assert_eq!(v.state().synced_gen, 6);
+    }
+
+    #[test]
+    fn nonblocking_fast_paths_agree_with_the_blocking_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), true).unwrap();
+        v.commit(0, 1, vec!["a".into()]).unwrap();
+        // A region never written is not marked yet: the fast path declines.
+        assert!(v.try_write_nowait(1, 0, b"fast").is_none());
+        v.write(1, 0, b"slow", false).unwrap();
+        // Marked now; the page cache takes it (or the fast path declines, never lies).
+        if let Some(result) = v.try_write_nowait(1, 0, b"fast") {
+            result.unwrap();
+            assert_eq!(&v.read(1, 0, 4).unwrap()[..], b"fast");
+        }
+        if let Some(result) = v.try_read_nowait(1, 0, 4) {
+            assert_eq!(result.unwrap(), v.read(1, 0, 4).unwrap());
+        }
+        // Fencing and bounds are enforced on the fast path too.
+        assert!(matches!(
+            v.try_write_nowait(7, 0, b"x"),
+            Some(Err(Error::Fenced(_)))
+        ));
+        assert!(matches!(
+            v.try_read_nowait(7, 0, 1),
+            Some(Err(Error::Fenced(_)))
+        ));
+        assert!(matches!(
+            v.try_read_nowait(1, 8 * MIB, 1),
+            Some(Err(Error::OutOfRange { .. }))
+        ));
     }
 
     #[test]
