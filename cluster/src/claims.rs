@@ -1,0 +1,504 @@
+//! What a PersistentVolumeClaim asks of this node: a pure function of the claim, its
+//! StorageClass, the volume it is bound to (if any), this node's name, and whether this
+//! node leads. The provisioner carries the answer out.
+//!
+//! Ownership rule: the node that holds a volume does everything to it (create, grow,
+//! delete), because node-local storage can only be reached there. The one decision no
+//! node owns — where an Immediate-binding claim goes — is the leader's; a
+//! WaitForFirstConsumer claim is placed by the scheduler (`volume.kubernetes.io/
+//! selected-node`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::quantity::parse_bytes;
+use crate::{DRIVER, TOPOLOGY_KEY};
+
+/// Set by the scheduler on WaitForFirstConsumer claims.
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// Set by Warren's leader on Immediate-binding claims (the scheduler's annotation is
+/// left to the scheduler).
+pub const PLACED_ON: &str = "warren.csi.dev/placed-on";
+/// On every PV Warren provisions, as the PV controller expects of external provisioners.
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// The claim's resize state (`allocatedResourceStatuses.storage`) while the controller
+/// side of an expansion is under way.
+pub const CONTROLLER_RESIZE_IN_PROGRESS: &str = "ControllerResizeInProgress";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimAction {
+    /// Nothing for this node to do, and why.
+    Nothing(&'static str),
+    /// An Immediate-binding claim nobody has placed: the leader picks a node.
+    Place,
+    /// Create the volume here, and its PV.
+    Provision(Provision),
+    /// Grow the volume (held here) to `bytes`.
+    Expand {
+        volume_handle: String,
+        pv_name: String,
+        bytes: u64,
+        block: bool,
+    },
+    /// The claim cannot be served as asked; tell the user.
+    Refuse(String),
+}
+
+/// Everything CreateVolume and the PV need, read off the claim and its class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provision {
+    /// The CSI volume name, and the PV's name: `pvc-<claim uid>`, as external-provisioner
+    /// names them, so a retry after a crash finds the same volume.
+    pub name: String,
+    pub bytes: u64,
+    pub limit_bytes: Option<u64>,
+    pub access_modes: Vec<String>,
+    pub block: bool,
+    pub parameters: BTreeMap<String, String>,
+    pub mount_options: Vec<String>,
+    pub reclaim_policy: String,
+    pub storage_class: String,
+    pub source: Option<Source>,
+    /// Whether the claim was placed by the scheduler (WaitForFirstConsumer): on a lack of
+    /// space the provisioner then asks for another node by dropping the annotation.
+    pub scheduled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A claim in the same namespace (a clone).
+    Claim(String),
+    /// A VolumeSnapshot in the same namespace (a restore).
+    Snapshot(String),
+}
+
+pub fn decide(
+    claim: &PersistentVolumeClaim,
+    class: Option<&StorageClass>,
+    volume: Option<&PersistentVolume>,
+    me: &str,
+    leader: bool,
+) -> ClaimAction {
+    use ClaimAction::*;
+    if claim.metadata.deletion_timestamp.is_some() {
+        return Nothing("the claim is being deleted");
+    }
+    let Some(spec) = &claim.spec else {
+        return Nothing("the claim has no spec");
+    };
+    let Some(class) = class else {
+        return Nothing("no StorageClass of Warren's for it");
+    };
+    if class.provisioner != DRIVER {
+        return Nothing("its StorageClass belongs to another provisioner");
+    }
+    let requested = match requested_bytes(claim) {
+        Ok(b) => b,
+        Err(e) => return Refuse(e),
+    };
+
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        let Some(volume) = volume else {
+            return Nothing("bound to a volume not seen yet");
+        };
+        if !provisioned_by_warren(volume) {
+            return Nothing("bound to a volume Warren did not provision");
+        }
+        if volume_node(volume) != Some(me) {
+            return Nothing("bound to another node's volume");
+        }
+        let Some(handle) = volume.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
+            return Nothing("bound to a volume without a CSI source");
+        };
+        let have = volume_bytes(volume).unwrap_or(0);
+        let resizing = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.allocated_resource_statuses.as_ref())
+            .and_then(|s| s.get("storage"))
+            .is_some_and(|s| s == CONTROLLER_RESIZE_IN_PROGRESS);
+        if requested > have || resizing {
+            if class.allow_volume_expansion != Some(true) {
+                return Refuse(format!(
+                    "StorageClass {} does not allow volume expansion",
+                    class.metadata.name.as_deref().unwrap_or_default()
+                ));
+            }
+            return Expand {
+                volume_handle: handle.volume_handle.clone(),
+                pv_name: volume.metadata.name.clone().unwrap_or_default(),
+                bytes: requested.max(have),
+                block: is_block(spec.volume_mode.as_deref()),
+            };
+        }
+        return Nothing("bound and as large as asked");
+    }
+
+    let annotations = claim.metadata.annotations.as_ref();
+    let wait_for_consumer = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    let placed = if wait_for_consumer {
+        annotations.and_then(|a| a.get(SELECTED_NODE))
+    } else {
+        annotations.and_then(|a| a.get(PLACED_ON))
+    };
+    match placed {
+        None if wait_for_consumer => return Nothing("waiting for a pod to be scheduled"),
+        None if leader => return Place,
+        None => return Nothing("waiting for the leader to place it"),
+        Some(node) if node != me => return Nothing("placed on another node"),
+        Some(_) => {}
+    }
+    let Some(uid) = claim.metadata.uid.as_deref() else {
+        return Nothing("the claim has no uid yet");
+    };
+    if requested == 0 {
+        return Refuse("the claim asks for no storage (resources.requests.storage)".into());
+    }
+    let limit_bytes = match spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("storage"))
+    {
+        Some(q) => match parse_bytes(&q.0) {
+            Ok(b) => Some(b),
+            Err(e) => return Refuse(e.to_string()),
+        },
+        None => None,
+    };
+    let source = match data_source(claim) {
+        Ok(s) => s,
+        Err(e) => return Refuse(e),
+    };
+    Provision(self::Provision {
+        name: format!("pvc-{uid}"),
+        bytes: requested,
+        limit_bytes,
+        access_modes: spec.access_modes.clone().unwrap_or_default(),
+        block: is_block(spec.volume_mode.as_deref()),
+        parameters: class.parameters.clone().unwrap_or_default(),
+        mount_options: class.mount_options.clone().unwrap_or_default(),
+        reclaim_policy: class
+            .reclaim_policy
+            .clone()
+            .unwrap_or_else(|| "Delete".into()),
+        storage_class: class.metadata.name.clone().unwrap_or_default(),
+        source,
+        scheduled: wait_for_consumer,
+    })
+}
+
+fn requested_bytes(claim: &PersistentVolumeClaim) -> Result<u64, String> {
+    match claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+    {
+        Some(q) => parse_bytes(&q.0).map_err(|e| e.to_string()),
+        None => Ok(0),
+    }
+}
+
+fn is_block(mode: Option<&str>) -> bool {
+    mode == Some("Block")
+}
+
+fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
+    let spec = claim.spec.as_ref().expect("checked by decide");
+    // dataSourceRef wins (it is the newer field and may name another namespace).
+    let (kind, group, name, namespace) = if let Some(r) = &spec.data_source_ref {
+        (
+            &r.kind,
+            r.api_group.as_deref(),
+            &r.name,
+            r.namespace.as_deref(),
+        )
+    } else if let Some(r) = &spec.data_source {
+        (&r.kind, r.api_group.as_deref(), &r.name, None)
+    } else {
+        return Ok(None);
+    };
+    if namespace.is_some_and(|ns| Some(ns) != claim.metadata.namespace.as_deref()) {
+        return Err("a data source in another namespace is not supported".into());
+    }
+    match (kind.as_str(), group.unwrap_or("")) {
+        ("PersistentVolumeClaim", "") => Ok(Some(Source::Claim(name.clone()))),
+        ("VolumeSnapshot", "snapshot.storage.k8s.io") => Ok(Some(Source::Snapshot(name.clone()))),
+        (kind, group) => Err(format!(
+            "data source {kind} ({group}) is not supported: Warren restores from a \
+             VolumeSnapshot or clones a PersistentVolumeClaim"
+        )),
+    }
+}
+
+pub fn provisioned_by_warren(volume: &PersistentVolume) -> bool {
+    let annotated = volume
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROVISIONED_BY))
+        .is_some_and(|p| p == DRIVER);
+    let csi = volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .is_some_and(|c| c.driver == DRIVER);
+    annotated && csi
+}
+
+/// The node a volume is pinned to by its node affinity (Warren's topology key).
+pub fn volume_node(volume: &PersistentVolume) -> Option<&str> {
+    let terms = &volume
+        .spec
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .find(|e| e.key == TOPOLOGY_KEY && e.operator == "In")
+        .and_then(|e| e.values.as_ref()?.first())
+        .map(String::as_str)
+}
+
+pub fn volume_bytes(volume: &PersistentVolume) -> Option<u64> {
+    let q = volume.spec.as_ref()?.capacity.as_ref()?.get("storage")?;
+    parse_bytes(&q.0).ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub fn class(binding: &str, expand: bool) -> StorageClass {
+        serde_json::from_value(json!({
+            "metadata": {"name": "warren-local"},
+            "provisioner": DRIVER,
+            "parameters": {"layout": "image"},
+            "mountOptions": ["noatime"],
+            "volumeBindingMode": binding,
+            "allowVolumeExpansion": expand,
+        }))
+        .unwrap()
+    }
+
+    pub fn claim(
+        annotations: serde_json::Value,
+        extra_spec: serde_json::Value,
+    ) -> PersistentVolumeClaim {
+        let mut spec = json!({
+            "storageClassName": "warren-local",
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        });
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra_spec.as_object().unwrap().clone());
+        serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "default", "uid": "1234", "annotations": annotations},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    pub fn volume(node: &str, size: &str) -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+            "spec": {
+                "capacity": {"storage": size},
+                "csi": {"driver": DRIVER, "volumeHandle": format!("local#image#{node}#0123")},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": TOPOLOGY_KEY, "operator": "In", "values": [node]}]}]}},
+                "persistentVolumeReclaimPolicy": "Delete",
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn wait_for_first_consumer_claims_go_where_the_scheduler_put_them() {
+        let sc = class("WaitForFirstConsumer", true);
+        let unscheduled = claim(json!({}), json!({}));
+        assert_eq!(
+            decide(&unscheduled, Some(&sc), None, "n1", true),
+            ClaimAction::Nothing("waiting for a pod to be scheduled")
+        );
+        let on_n2 = claim(json!({SELECTED_NODE: "n2"}), json!({}));
+        assert_eq!(
+            decide(&on_n2, Some(&sc), None, "n1", true),
+            ClaimAction::Nothing("placed on another node")
+        );
+        let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n2", false) else {
+            panic!("n2 should provision");
+        };
+        assert_eq!(p.name, "pvc-1234");
+        assert_eq!(p.bytes, 1 << 30);
+        assert!(p.scheduled && !p.block);
+        assert_eq!(p.reclaim_policy, "Delete");
+        assert_eq!(p.mount_options, vec!["noatime".to_string()]);
+        assert_eq!(
+            p.parameters.get("layout").map(String::as_str),
+            Some("image")
+        );
+    }
+
+    #[test]
+    fn immediate_claims_are_placed_by_the_leader_only() {
+        let sc = class("Immediate", true);
+        let fresh = claim(json!({}), json!({}));
+        assert_eq!(
+            decide(&fresh, Some(&sc), None, "n1", true),
+            ClaimAction::Place
+        );
+        assert!(matches!(
+            decide(&fresh, Some(&sc), None, "n1", false),
+            ClaimAction::Nothing(_)
+        ));
+        // The scheduler's annotation means nothing for Immediate binding.
+        let placed = claim(json!({PLACED_ON: "n1", SELECTED_NODE: "n2"}), json!({}));
+        assert!(matches!(
+            decide(&placed, Some(&sc), None, "n1", false),
+            ClaimAction::Provision(_)
+        ));
+        assert!(matches!(
+            decide(&placed, Some(&sc), None, "n2", true),
+            ClaimAction::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn claims_of_other_provisioners_or_being_deleted_are_left_alone() {
+        let mut other = class("Immediate", true);
+        other.provisioner = "rancher.io/local-path".into();
+        let c = claim(json!({PLACED_ON: "n1"}), json!({}));
+        assert!(matches!(
+            decide(&c, Some(&other), None, "n1", true),
+            ClaimAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide(&c, None, None, "n1", true),
+            ClaimAction::Nothing(_)
+        ));
+        let mut deleting = c.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        let sc = class("Immediate", true);
+        assert!(matches!(
+            decide(&deleting, Some(&sc), None, "n1", true),
+            ClaimAction::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn sources_block_mode_and_bad_requests() {
+        let sc = class("Immediate", true);
+        let from_snapshot = claim(
+            json!({PLACED_ON: "n1"}),
+            json!({"volumeMode": "Block", "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap1"}}),
+        );
+        let ClaimAction::Provision(p) = decide(&from_snapshot, Some(&sc), None, "n1", false) else {
+            panic!()
+        };
+        assert_eq!(p.source, Some(Source::Snapshot("snap1".into())));
+        assert!(p.block);
+        let clone = claim(
+            json!({PLACED_ON: "n1"}),
+            json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
+        );
+        let ClaimAction::Provision(p) = decide(&clone, Some(&sc), None, "n1", false) else {
+            panic!()
+        };
+        assert_eq!(p.source, Some(Source::Claim("orig".into())));
+        let foreign = claim(
+            json!({PLACED_ON: "n1"}),
+            json!({"dataSourceRef": {"apiGroup": "example.com", "kind": "Populator", "name": "x"}}),
+        );
+        assert!(matches!(
+            decide(&foreign, Some(&sc), None, "n1", false),
+            ClaimAction::Refuse(_)
+        ));
+        let elsewhere = claim(
+            json!({PLACED_ON: "n1"}),
+            json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig", "namespace": "other"}}),
+        );
+        assert!(matches!(
+            decide(&elsewhere, Some(&sc), None, "n1", false),
+            ClaimAction::Refuse(_)
+        ));
+        let garbage = claim(
+            json!({PLACED_ON: "n1"}),
+            json!({"resources": {"requests": {"storage": "lots"}}}),
+        );
+        assert!(matches!(
+            decide(&garbage, Some(&sc), None, "n1", false),
+            ClaimAction::Refuse(_)
+        ));
+        let none = claim(json!({PLACED_ON: "n1"}), json!({"resources": {}}));
+        assert!(matches!(
+            decide(&none, Some(&sc), None, "n1", false),
+            ClaimAction::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn bound_claims_grow_on_the_node_that_holds_them() {
+        let sc = class("WaitForFirstConsumer", true);
+        let bigger = claim(
+            json!({}),
+            json!({"volumeName": "pvc-1234", "resources": {"requests": {"storage": "2Gi"}}}),
+        );
+        let pv = volume("n1", "1Gi");
+        assert_eq!(
+            decide(&bigger, Some(&sc), Some(&pv), "n1", false),
+            ClaimAction::Expand {
+                volume_handle: "local#image#n1#0123".into(),
+                pv_name: "pvc-1234".into(),
+                bytes: 2 << 30,
+                block: false
+            }
+        );
+        assert!(matches!(
+            decide(&bigger, Some(&sc), Some(&pv), "n2", true),
+            ClaimAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide(&bigger, Some(&sc), None, "n1", true),
+            ClaimAction::Nothing(_)
+        ));
+        let same = claim(json!({}), json!({"volumeName": "pvc-1234"}));
+        assert!(matches!(
+            decide(&same, Some(&sc), Some(&pv), "n1", true),
+            ClaimAction::Nothing(_)
+        ));
+        // A crash between growing the volume and recording it: finish the job.
+        let mut midway = same.clone();
+        midway.status = Some(
+            serde_json::from_value(json!({
+            "allocatedResourceStatuses": {"storage": CONTROLLER_RESIZE_IN_PROGRESS}}))
+            .unwrap(),
+        );
+        assert!(
+            matches!(decide(&midway, Some(&sc), Some(&pv), "n1", false), ClaimAction::Expand { bytes, .. } if bytes == 1 << 30)
+        );
+        let fixed = class("WaitForFirstConsumer", false);
+        assert!(matches!(
+            decide(&bigger, Some(&fixed), Some(&pv), "n1", false),
+            ClaimAction::Refuse(_)
+        ));
+        // A volume someone else provisioned is not Warren's to grow.
+        let mut foreign = pv.clone();
+        foreign.metadata.annotations = None;
+        assert!(matches!(
+            decide(&bigger, Some(&sc), Some(&foreign), "n1", false),
+            ClaimAction::Nothing(_)
+        ));
+    }
+}

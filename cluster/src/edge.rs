@@ -1,0 +1,181 @@
+//! The edge mode's Kubernetes side, all in the node process: kubelet plugin registration,
+//! leader election, and the claim and volume reconcilers (provisioner, resizer, deleter).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_proto::v1::controller_server::Controller as CsiController;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::lease::{self, LeaseConfig};
+use crate::provisioner::{reconcile_claim, Context};
+use crate::reclaimer::reconcile_volume;
+use crate::registration::{self, PluginRegistration};
+use crate::DRIVER;
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This node's name (the Kubernetes node name).
+    pub node: String,
+    /// Where the leader-election Lease lives (Warren's own namespace).
+    pub namespace: String,
+    /// The CSI socket the kubelet is to use.
+    pub csi_socket: PathBuf,
+    /// The kubelet's plugin registration directory.
+    pub registration_dir: PathBuf,
+}
+
+/// Name of the Lease whose holder places Immediate-binding claims.
+pub const LEASE_NAME: &str = "warren-edge-placement";
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// Runs until `stop`. The registration socket goes up first (the kubelet needs it to
+/// mount anything); the reconcilers need the API server and retry until it answers.
+pub async fn run<C: CsiController>(
+    config: EdgeConfig,
+    csi: Arc<C>,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let socket = registration::socket_path(&config.registration_dir, DRIVER);
+    let registration = PluginRegistration::new(DRIVER, &config.csi_socket);
+    let registration_stop = stop.clone();
+    let registration_task = tokio::spawn(async move {
+        if let Err(e) = registration::serve(registration, &socket, registration_stop).await {
+            tracing::error!(error = %e, "kubelet registration socket failed");
+        }
+    });
+
+    let client = kube::Client::try_default().await?;
+    let (leading_tx, leading) = watch::channel(false);
+    let lease = tokio::spawn(lease::run(
+        client.clone(),
+        LeaseConfig {
+            namespace: config.namespace.clone(),
+            name: LEASE_NAME.into(),
+            holder: config.node.clone(),
+            duration: LEASE_DURATION,
+        },
+        leading_tx,
+        stop.clone(),
+    ));
+
+    let (classes, class_writer) = reflector::store::<StorageClass>();
+    let class_api: Api<StorageClass> = Api::all(client.clone());
+    let class_events = reflector::reflector(
+        class_writer,
+        watcher(class_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| async {});
+
+    let volume_api: Api<PersistentVolume> = Api::all(client.clone());
+    let volume_controller = Controller::new(volume_api.clone(), watcher::Config::default());
+    let volumes = volume_controller.store();
+
+    let claim_api: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let claim_controller = Controller::new(claim_api, watcher::Config::default());
+    let claims = claim_controller.store();
+    let claims_of_class = claims.clone();
+    let claim_controller = claim_controller
+        // A volume appearing, growing or going away concerns the claim it is bound to.
+        .watches(
+            volume_api,
+            watcher::Config::default(),
+            |pv: PersistentVolume| {
+                let claim = pv.spec.and_then(|s| s.claim_ref);
+                claim
+                    .and_then(|c| {
+                        Some(ObjectRef::new(c.name.as_deref()?).within(c.namespace.as_deref()?))
+                    })
+                    .into_iter()
+            },
+        )
+        // A class created after its claims: look at them again.
+        .watches(
+            class_api,
+            watcher::Config::default(),
+            move |class: StorageClass| {
+                let name = class.metadata.name.unwrap_or_default();
+                claims_of_class
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.spec
+                            .as_ref()
+                            .and_then(|s| s.storage_class_name.as_deref())
+                            == Some(name.as_str())
+                    })
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: DRIVER.into(),
+            instance: Some(config.node.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        csi,
+        node: config.node.clone(),
+        leading,
+        classes,
+        volumes,
+        recorder,
+    });
+
+    let shutdown = |stop: &watch::Receiver<bool>| {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let claims_done = claim_controller
+        .graceful_shutdown_on(shutdown(&stop))
+        .run(reconcile_claim, retry_later, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "claim reconcile");
+            }
+        });
+    let volumes_done = volume_controller
+        .graceful_shutdown_on(shutdown(&stop))
+        .run(reconcile_volume, retry_later, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "volume reconcile");
+            }
+        });
+    tracing::info!(node = %config.node, "edge provisioner running");
+    let mut stop_classes = stop.clone();
+    tokio::select! {
+        _ = futures_util::future::join(claims_done, volumes_done) => {}
+        _ = class_events => {}
+        _ = stop_classes.wait_for(|s| *s) => {}
+    }
+    let _ = lease.await;
+    let _ = registration_task.await;
+    Ok(())
+}
+
+fn retry_later<K, C>(object: Arc<K>, error: &crate::Error, _ctx: Arc<Context<C>>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    tracing::warn!(object = %kube::ResourceExt::name_any(&*object), error = %error, "will retry");
+    Action::requeue(Duration::from_secs(10))
+}

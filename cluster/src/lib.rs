@@ -1,0 +1,32 @@
+//! Warren's side of the Kubernetes API.
+//!
+//! - `registration`: the kubelet plugin-registration socket (instead of the
+//!   node-driver-registrar sidecar).
+//! - `claims`, `volumes`: pure decisions — what a PersistentVolumeClaim or a
+//!   PersistentVolume asks of this node, from what is observed.
+//! - `provisioner`, `reclaimer`: carry those decisions out through Warren's own CSI
+//!   services (the edge mode's sidecar-free provisioner, resizer and deleter).
+//! - `lease`: leader election on a coordination.k8s.io Lease, for the one decision no
+//!   node owns (where an Immediate-binding volume goes).
+
+pub mod claims;
+pub mod edge;
+pub mod error;
+pub mod lease;
+pub mod provisioner;
+pub mod quantity;
+pub mod reclaimer;
+pub mod registration;
+pub mod volumes;
+
+pub use error::{Error, Result};
+
+/// The kubelet plugin-registration protocol (pluginregistration v1).
+pub mod proto {
+    tonic::include_proto!("pluginregistration");
+}
+
+/// The CSI driver name, as Kubernetes objects carry it.
+pub const DRIVER: &str = "warren.csi.dev";
+/// The node topology key Warren reports (and PVs are pinned with).
+pub const TOPOLOGY_KEY: &str = "topology.warren.csi.dev/node";

@@ -1,0 +1,116 @@
+//! Kubelet plugin registration: the kubelet watches `<kubelet-dir>/plugins_registry/` for
+//! sockets, asks each who it is (GetInfo) and reports the outcome. Serving this ourselves
+//! is what node-driver-registrar does in a standard deployment; in the edge mode it saves
+//! that sidecar.
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::proto::registration_server::{Registration, RegistrationServer};
+use crate::proto::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
+
+/// CSI versions Warren speaks, as the kubelet wants them listed.
+const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
+
+pub struct PluginRegistration {
+    driver: String,
+    csi_socket: PathBuf,
+    registered: watch::Sender<bool>,
+}
+
+impl PluginRegistration {
+    pub fn new(driver: &str, csi_socket: &Path) -> Self {
+        PluginRegistration {
+            driver: driver.to_string(),
+            csi_socket: csi_socket.to_path_buf(),
+            registered: watch::channel(false).0,
+        }
+    }
+
+    /// True once the kubelet said it registered the plugin.
+    pub fn registered(&self) -> watch::Receiver<bool> {
+        self.registered.subscribe()
+    }
+}
+
+/// Where the kubelet looks for this driver's registration socket.
+pub fn socket_path(registration_dir: &Path, driver: &str) -> PathBuf {
+    registration_dir.join(format!("{driver}-reg.sock"))
+}
+
+#[tonic::async_trait]
+impl Registration for PluginRegistration {
+    async fn get_info(
+        &self,
+        _req: Request<InfoRequest>,
+    ) -> std::result::Result<Response<PluginInfo>, Status> {
+        Ok(Response::new(PluginInfo {
+            r#type: "CSIPlugin".into(),
+            name: self.driver.clone(),
+            endpoint: self.csi_socket.display().to_string(),
+            supported_versions: SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
+        }))
+    }
+
+    async fn notify_registration_status(
+        &self,
+        req: Request<RegistrationStatus>,
+    ) -> std::result::Result<Response<RegistrationStatusResponse>, Status> {
+        let status = req.into_inner();
+        if status.plugin_registered {
+            tracing::info!(driver = %self.driver, "the kubelet registered the plugin");
+        } else {
+            // The kubelet retries by calling GetInfo again after we re-create the socket;
+            // nothing to undo here, but say loudly why.
+            tracing::error!(driver = %self.driver, error = %status.error, "the kubelet refused the plugin");
+        }
+        self.registered.send_replace(status.plugin_registered);
+        Ok(Response::new(RegistrationStatusResponse {}))
+    }
+}
+
+/// Serves the registration socket until `stop`; removes it on the way out so the kubelet
+/// unregisters the plugin.
+pub async fn serve(
+    registration: PluginRegistration,
+    socket: &Path,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = bind(socket)?;
+    tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
+    let served = tonic::transport::Server::builder()
+        .add_service(RegistrationServer::new(registration))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
+        .await;
+    let _ = std::fs::remove_file(socket);
+    served.map_err(|e| Error::Invalid(format!("registration server: {e}")))
+}
+
+/// Binds the socket, replacing a stale socket (never anything else).
+fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(Error::io(format!("remove stale socket {}", path.display())))?,
+        Ok(_) => {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("stat {}", path.display()))(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(Error::io(format!("bind {}", path.display())))
+}
