@@ -9,18 +9,21 @@ use csi_proto::v1::controller_server::Controller as CsiController;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
+use kube::core::DynamicObject;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
 use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::lease::{self, LeaseConfig};
-use crate::provisioner::{reconcile_claim, Context};
+use crate::provisioner::{reconcile_claim, snapshot_resource, Context};
 use crate::reclaimer::reconcile_volume;
 use crate::registration::{self, PluginRegistration};
+use crate::snapshotter::{reconcile_snapshot, SnapshotContext};
 use crate::DRIVER;
 
 #[derive(Debug, Clone)]
@@ -128,6 +131,16 @@ pub async fn run<C: CsiController>(
             instance: Some(config.node.clone()),
         },
     );
+    let snapshots_done = snapshot_reconciler(
+        &client,
+        csi.clone(),
+        &config.node,
+        claims.clone(),
+        volumes.clone(),
+        recorder.clone(),
+        &stop,
+    )
+    .await;
     let ctx = Arc::new(Context {
         client,
         csi,
@@ -163,13 +176,76 @@ pub async fn run<C: CsiController>(
     tracing::info!(node = %config.node, "edge provisioner running");
     let mut stop_classes = stop.clone();
     tokio::select! {
-        _ = futures_util::future::join(claims_done, volumes_done) => {}
+        _ = futures_util::future::join3(claims_done, volumes_done, snapshots_done) => {}
         _ = class_events => {}
         _ = stop_classes.wait_for(|s| *s) => {}
     }
     let _ = lease.await;
     let _ = registration_task.await;
     Ok(())
+}
+
+/// The VolumeSnapshot reconciler, when the snapshot CRDs are installed (checked once at
+/// startup: installing them later needs a restart of Warren, which the docs say).
+async fn snapshot_reconciler<C: CsiController>(
+    client: &kube::Client,
+    csi: Arc<C>,
+    node: &str,
+    claims: reflector::Store<PersistentVolumeClaim>,
+    volumes: reflector::Store<PersistentVolume>,
+    recorder: Recorder,
+    stop: &watch::Receiver<bool>,
+) -> futures_util::future::BoxFuture<'static, ()> {
+    use futures_util::FutureExt;
+    let resource = snapshot_resource("VolumeSnapshot");
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::info!(error = %e, "VolumeSnapshots are off: the snapshot CRDs (snapshot.storage.k8s.io/v1) are not installed");
+            return futures_util::future::ready(()).boxed();
+        }
+    }
+    let class_resource = snapshot_resource("VolumeSnapshotClass");
+    let class_writer = reflector::store::Writer::new(class_resource.clone());
+    let classes = class_writer.as_reader();
+    let class_api: Api<DynamicObject> = Api::all_with(client.clone(), &class_resource);
+    let class_events =
+        reflector::reflector(class_writer, watcher(class_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(|_| async {});
+    let ctx = Arc::new(SnapshotContext {
+        client: client.clone(),
+        csi,
+        node: node.to_string(),
+        claims,
+        volumes,
+        classes,
+        recorder,
+    });
+    let mut stop = stop.clone();
+    let snapshots = Controller::new_with(api, watcher::Config::default(), resource)
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(
+            reconcile_snapshot,
+            |object: Arc<DynamicObject>, error: &crate::Error, _| {
+                tracing::warn!(snapshot = %object.name_any(), error = %error, "will retry");
+                Action::requeue(Duration::from_secs(10))
+            },
+            ctx,
+        )
+        .for_each(|_| async {});
+    tracing::info!("VolumeSnapshots are on");
+    async move {
+        tokio::select! {
+            _ = snapshots => {}
+            _ = class_events => {}
+        }
+    }
+    .boxed()
 }
 
 fn retry_later<K, C>(object: Arc<K>, error: &crate::Error, _ctx: Arc<Context<C>>) -> Action

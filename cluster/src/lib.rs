@@ -17,6 +17,8 @@ pub mod provisioner;
 pub mod quantity;
 pub mod reclaimer;
 pub mod registration;
+pub mod snapshots;
+pub mod snapshotter;
 pub mod volumes;
 
 pub use error::{Error, Result};
