@@ -514,9 +514,10 @@ impl ControllerService {
     }
 }
 
+// Every call runs in a `csi{method, volume}` span made where the binary wraps the services
+// (driver/src/calls.rs), so the handlers make none of their own.
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[tracing::instrument(skip_all, fields(name = %req.get_ref().name))]
     async fn create_volume(
         &self,
         req: Request<CreateVolumeRequest>,
@@ -528,7 +529,6 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn delete_volume(
         &self,
         req: Request<DeleteVolumeRequest>,
@@ -537,7 +537,6 @@ impl Controller for ControllerService {
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn validate_volume_capabilities(
         &self,
         req: Request<ValidateVolumeCapabilitiesRequest>,
@@ -662,7 +661,6 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(source = %req.get_ref().source_volume_id, name = %req.get_ref().name))]
     async fn create_snapshot(
         &self,
         req: Request<CreateSnapshotRequest>,
@@ -673,7 +671,6 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(snapshot = %req.get_ref().snapshot_id))]
     async fn delete_snapshot(
         &self,
         req: Request<DeleteSnapshotRequest>,
@@ -703,7 +700,6 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn controller_expand_volume(
         &self,
         req: Request<ControllerExpandVolumeRequest>,
@@ -715,7 +711,6 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn controller_get_volume(
         &self,
         req: Request<ControllerGetVolumeRequest>,

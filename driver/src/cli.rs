@@ -111,6 +111,10 @@ pub struct Common {
     pub state_dir: PathBuf,
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics (/metrics) and a health check (/healthz) over HTTP on
+    /// HOST:PORT; off when unset.
+    #[arg(long, env = "WARREN_METRICS_ADDRESS", value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

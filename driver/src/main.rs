@@ -1,9 +1,14 @@
 //! `warren`: one binary for every role. This file only wires parts together; the logic
 //! lives in warren-controller, warren-node and warren-core.
 
+mod calls;
 mod cli;
+mod http;
+mod kind;
+mod metrics;
 mod replication;
 mod serve;
+mod volume_stats;
 
 use std::process::ExitCode;
 
@@ -38,8 +43,11 @@ fn main() -> ExitCode {
 fn init_logging(format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: not in files, journald or `kubectl logs`.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         cli::LogFormat::Text => builder.init(),

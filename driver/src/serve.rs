@@ -19,7 +19,10 @@ use warren_node::loopdev::LoopDevices;
 use warren_node::mounter::SystemMounter;
 use warren_node::service::NodeService;
 
+use crate::calls::Observed;
 use crate::cli::{Common, Mode, NodeSide};
+use crate::http;
+use crate::metrics::Metrics;
 
 /// How often the controller retries records a node could not settle at startup.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -35,6 +38,7 @@ pub async fn run(mode: Mode) -> Result<()> {
     match mode {
         Mode::All(args) => {
             let store = open_store(&args.node)?;
+            let metrics = observability(&args.common, Some(&store), &ready, &stop_rx).await?;
             let mut nodes = Nodes::default();
             nodes.add(&args.node.node_id, Arc::new(store.clone()));
             let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
@@ -43,15 +47,22 @@ pub async fn run(mode: Mode) -> Result<()> {
                 Arc::new(SystemMounter),
                 args.node.kubelet_dir.clone(),
             );
-            ready.store(true, Ordering::Release);
+            let identity = IdentityService::new(true, ready.clone());
             let router = Server::builder()
-                .add_service(IdentityServer::new(IdentityService::new(true, ready)))
-                .add_service(ControllerServer::from_arc(controller))
-                .add_service(NodeServer::new(node));
-            serve_csi(router, &args.common.endpoint, stop_rx).await
+                .add_service(IdentityServer::new(Observed::new(
+                    identity,
+                    metrics.clone(),
+                )))
+                .add_service(ControllerServer::new(Observed::from_arc(
+                    controller,
+                    metrics.clone(),
+                )))
+                .add_service(NodeServer::new(Observed::new(node, metrics)));
+            serve_csi(router, &args.common.endpoint, ready, stop_rx).await
         }
         Mode::Controller(args) => {
             let token = read_token(&args.agent_token_file)?;
+            let metrics = observability(&args.common, None, &ready, &stop_rx).await?;
             let mut nodes = Nodes::default();
             for entry in &args.node_agents {
                 let (name, address) = entry.split_once('=').ok_or_else(|| {
@@ -66,17 +77,23 @@ pub async fn run(mode: Mode) -> Result<()> {
                 );
             }
             let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
-            ready.store(true, Ordering::Release);
+            let identity = IdentityService::new(true, ready.clone());
             let router = Server::builder()
-                .add_service(IdentityServer::new(IdentityService::new(true, ready)))
-                .add_service(ControllerServer::from_arc(controller));
-            serve_csi(router, &args.common.endpoint, stop_rx).await
+                .add_service(IdentityServer::new(Observed::new(
+                    identity,
+                    metrics.clone(),
+                )))
+                .add_service(ControllerServer::new(Observed::from_arc(
+                    controller, metrics,
+                )));
+            serve_csi(router, &args.common.endpoint, ready, stop_rx).await
         }
         Mode::Replica(args) => crate::replication::run_replica(args, stop_rx).await,
         Mode::Volume(args) => crate::replication::run_volume(args, stop_rx).await,
         Mode::Node(args) => {
             let token = read_token(&args.agent_token_file)?;
             let store = open_store(&args.node)?;
+            let metrics = observability(&args.common, Some(&store), &ready, &stop_rx).await?;
             let agent_addr: std::net::SocketAddr = args.agent_listen.parse().map_err(|e| {
                 Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
             })?;
@@ -101,17 +118,38 @@ pub async fn run(mode: Mode) -> Result<()> {
                 Arc::new(SystemMounter),
                 args.node.kubelet_dir.clone(),
             );
-            ready.store(true, Ordering::Release);
+            let identity = IdentityService::new(false, ready.clone());
             let router = Server::builder()
-                .add_service(IdentityServer::new(IdentityService::new(false, ready)))
-                .add_service(NodeServer::new(node));
-            let served = serve_csi(router, &args.common.endpoint, stop_rx).await;
+                .add_service(IdentityServer::new(Observed::new(
+                    identity,
+                    metrics.clone(),
+                )))
+                .add_service(NodeServer::new(Observed::new(node, metrics)));
+            let served = serve_csi(router, &args.common.endpoint, ready, stop_rx).await;
             // The CSI side has had its grace period; the agent's calls are covered by the
             // controller's retries and records.
             agent_task.abort();
             served
         }
     }
+}
+
+/// `--metrics-address`: bound before the slow parts of startup, so a taken port fails at
+/// once; `/healthz` answers 503 until `serve_csi` marks the server ready. `node`: the
+/// store whose volumes get per-volume gauges (none on a controller alone).
+async fn observability(
+    common: &Common,
+    node: Option<&LocalStore>,
+    ready: &Arc<AtomicBool>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<Arc<Metrics>>> {
+    let Some(address) = &common.metrics_address else {
+        return Ok(None);
+    };
+    let listener = http::bind(address).await?;
+    let metrics = Arc::new(Metrics::new(node.cloned()));
+    http::spawn(listener, metrics.clone(), ready.clone(), stop.clone());
+    Ok(Some(metrics))
 }
 
 fn open_store(node: &NodeSide) -> Result<LocalStore> {
@@ -157,9 +195,12 @@ async fn start_controller(
 /// their connections open forever, so waiting for them to close would never end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// Serves until stopped. `ready` (what Probe and /healthz report) turns true once the
+/// endpoint is bound, and false again when shutdown begins.
 async fn serve_csi(
     router: tonic::transport::server::Router,
     endpoint: &str,
+    ready: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut grace_stop = stop.clone();
@@ -168,12 +209,14 @@ async fn serve_csi(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let mut stop = stop;
+    let draining = ready.clone();
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
+        draining.store(false, Ordering::Release);
         tracing::info!("shutting down");
     };
     tokio::select! {
-        result = serve_until(router, endpoint, shutdown) => result,
+        result = serve_until(router, endpoint, &ready, shutdown) => result,
         () = grace => {
             tracing::info!("clients still connected after the grace period; exiting");
             if let Ok(Endpoint::Unix(path)) = Endpoint::parse(endpoint) {
@@ -187,11 +230,13 @@ async fn serve_csi(
 async fn serve_until(
     router: tonic::transport::server::Router,
     endpoint: &str,
+    ready: &AtomicBool,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let result = match Endpoint::parse(endpoint)? {
         Endpoint::Unix(path) => {
             let listener = bind_unix(&path)?;
+            ready.store(true, Ordering::Release);
             tracing::info!(
                 endpoint,
                 version = warren_core::identity::VERSION,
@@ -211,6 +256,7 @@ async fn serve_until(
                 .parse()
                 .map_err(|e| Error::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?;
             tracing::info!(endpoint, "serving CSI over TCP (for debugging only)");
+            ready.store(true, Ordering::Release);
             router.serve_with_shutdown(addr, shutdown).await
         }
     };

@@ -62,7 +62,9 @@ impl NodeService {
     ) -> Result<T, Status> {
         let _guard = self.store.lock_volume(&id.key).await;
         let stager = self.stager.clone();
-        tokio::task::spawn_blocking(move || f(&stager, &id))
+        // The blocking pool does not inherit the call's span; carry it over.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&stager, &id)))
             .await
             .map_err(|e| Status::internal(format!("node task failed: {e}")))?
             .map_err(Status::from)
@@ -88,9 +90,10 @@ fn node_cap(t: rpc::Type) -> NodeServiceCapability {
     }
 }
 
+// Every call runs in a `csi{method, volume}` span made where the binary wraps the services
+// (driver/src/calls.rs), so the handlers make none of their own.
 #[tonic::async_trait]
 impl Node for NodeService {
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_stage_volume(
         &self,
         req: Request<NodeStageVolumeRequest>,
@@ -116,7 +119,6 @@ impl Node for NodeService {
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_unstage_volume(
         &self,
         req: Request<NodeUnstageVolumeRequest>,
@@ -129,7 +131,6 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_publish_volume(
         &self,
         req: Request<NodePublishVolumeRequest>,
@@ -152,7 +153,6 @@ impl Node for NodeService {
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_unpublish_volume(
         &self,
         req: Request<NodeUnpublishVolumeRequest>,
@@ -165,7 +165,6 @@ impl Node for NodeService {
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_get_volume_stats(
         &self,
         req: Request<NodeGetVolumeStatsRequest>,
@@ -173,10 +172,12 @@ impl Node for NodeService {
         let req = req.into_inner();
         let (id, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         let stager = self.stager.clone();
-        let (stats, condition) = tokio::task::spawn_blocking(move || stager.stats(&id, &path))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(Status::from)?;
+        let span = tracing::Span::current();
+        let (stats, condition) =
+            tokio::task::spawn_blocking(move || span.in_scope(|| stager.stats(&id, &path)))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Status::from)?;
         let usage = match stats {
             Stats::Block { bytes } => vec![VolumeUsage {
                 total: bytes as i64,
@@ -214,7 +215,6 @@ impl Node for NodeService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume_id))]
     async fn node_expand_volume(
         &self,
         req: Request<NodeExpandVolumeRequest>,

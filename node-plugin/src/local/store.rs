@@ -111,7 +111,9 @@ impl LocalStore {
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> warren_core::Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        // Carry the caller's span (method, volume) onto the blocking thread's log lines.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&inner)))
             .await
             .map_err(|e| CoreError::Internal(format!("storage task failed: {e}")))?
             .map_err(Into::into)
