@@ -24,6 +24,10 @@ pub enum Mode {
     Controller(ControllerArgs),
     /// The CSI Node service and this node's storage agent.
     Node(NodeArgs),
+    /// Sidecar-free node for K3s and edge clusters: controller and node in one process,
+    /// plus kubelet plugin registration and a built-in provisioner, resizer, deleter and
+    /// snapshotter that talk to the Kubernetes API (run as a DaemonSet).
+    Edge(EdgeArgs),
     /// The replica service: keeps this node's replicas of replicated volumes.
     Replica(ReplicaArgs),
     /// The engine of one replicated volume, exposed through a frontend until SIGTERM.
@@ -140,6 +144,21 @@ pub struct AllArgs {
     pub common: Common,
     #[command(flatten)]
     pub node: NodeSide,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub node: NodeSide,
+    /// Namespace of the Lease that elects the node placing Immediate-binding claims
+    /// (Warren's own namespace).
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    /// The kubelet's plugin registration directory [default: <kubelet-dir>/plugins_registry].
+    #[arg(long, env = "WARREN_REGISTRATION_DIR")]
+    pub registration_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let format = match &cli.mode {
         cli::Mode::All(a) => a.common.log_format,
+        cli::Mode::Edge(e) => e.common.log_format,
         cli::Mode::Controller(c) => c.common.log_format,
         cli::Mode::Node(n) => n.common.log_format,
         cli::Mode::Replica(r) => r.log_format,

@@ -23,6 +23,7 @@ use crate::calls::Observed;
 use crate::cli::{Common, Mode, NodeSide};
 use crate::http;
 use crate::metrics::Metrics;
+use warren_cluster::edge::EdgeConfig;
 
 /// How often the controller retries records a node could not settle at startup.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -36,29 +37,23 @@ pub async fn run(mode: Mode) -> Result<()> {
     });
 
     match mode {
-        Mode::All(args) => {
-            let store = open_store(&args.node)?;
-            let metrics = observability(&args.common, Some(&store), &ready, &stop_rx).await?;
-            let mut nodes = Nodes::default();
-            nodes.add(&args.node.node_id, Arc::new(store.clone()));
-            let controller = start_controller(&args.common, nodes, stop_rx.clone()).await?;
-            let node = NodeService::new(
-                store,
-                Arc::new(SystemMounter),
-                args.node.kubelet_dir.clone(),
-            );
-            let identity = IdentityService::new(true, ready.clone());
-            let router = Server::builder()
-                .add_service(IdentityServer::new(Observed::new(
-                    identity,
-                    metrics.clone(),
-                )))
-                .add_service(ControllerServer::new(Observed::from_arc(
-                    controller,
-                    metrics.clone(),
-                )))
-                .add_service(NodeServer::new(Observed::new(node, metrics)));
-            serve_csi(router, &args.common.endpoint, ready, stop_rx).await
+        Mode::All(args) => serve_all(&args.common, &args.node, None, ready, stop_rx).await,
+        Mode::Edge(args) => {
+            let Endpoint::Unix(csi_socket) = Endpoint::parse(&args.common.endpoint)? else {
+                return Err(Error::InvalidArgument(
+                    "warren edge serves the kubelet: --endpoint must be unix:///path".into(),
+                ));
+            };
+            let edge = EdgeConfig {
+                node: args.node.node_id.clone(),
+                namespace: args.namespace.clone(),
+                csi_socket,
+                registration_dir: args
+                    .registration_dir
+                    .clone()
+                    .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry")),
+            };
+            serve_all(&args.common, &args.node, Some(edge), ready, stop_rx).await
         }
         Mode::Controller(args) => {
             let token = read_token(&args.agent_token_file)?;
@@ -131,6 +126,57 @@ pub async fn run(mode: Mode) -> Result<()> {
             agent_task.abort();
             served
         }
+    }
+}
+
+/// Controller and node in one process (`warren all`), and in the edge mode also the
+/// Kubernetes side (`warren_cluster::edge`), which calls the same controller in-process.
+async fn serve_all(
+    common: &Common,
+    node_side: &NodeSide,
+    edge: Option<EdgeConfig>,
+    ready: Arc<AtomicBool>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<()> {
+    let store = open_store(node_side)?;
+    let metrics = observability(common, Some(&store), &ready, &stop_rx).await?;
+    let mut nodes = Nodes::default();
+    nodes.add(&node_side.node_id, Arc::new(store.clone()));
+    let controller = start_controller(common, nodes, stop_rx.clone()).await?;
+    let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
+    let node = NodeService::new(
+        store,
+        Arc::new(SystemMounter),
+        node_side.kubelet_dir.clone(),
+    );
+    let identity = IdentityService::new(true, ready.clone());
+    let router = Server::builder()
+        .add_service(IdentityServer::new(Observed::new(
+            identity,
+            metrics.clone(),
+        )))
+        .add_service(ControllerServer::from_arc(controller.clone()))
+        .add_service(NodeServer::new(Observed::new(node, metrics)));
+    let Some(edge) = edge else {
+        return serve_csi(router, &common.endpoint, ready, stop_rx).await;
+    };
+    let kubernetes = warren_cluster::edge::run(edge, controller, stop_rx.clone());
+    tokio::pin!(kubernetes);
+    let served = serve_csi(router, &common.endpoint, ready, stop_rx);
+    tokio::pin!(served);
+    tokio::select! {
+        result = &mut served => {
+            // The CSI side stopped (SIGTERM or an error): the reconcilers stop on the
+            // same signal; give them a moment to release the lease.
+            let _ = tokio::time::timeout(Duration::from_secs(2), kubernetes).await;
+            result
+        }
+        result = &mut kubernetes => match result {
+            // Without the Kubernetes API the edge mode cannot do its job: exit, loudly,
+            // and let the DaemonSet restart us.
+            Err(e) => Err(Error::Unavailable(format!("Kubernetes API: {e}"))),
+            Ok(()) => served.await,
+        },
     }
 }
 
