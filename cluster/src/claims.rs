@@ -80,6 +80,7 @@ pub fn decide(
     volume: Option<&PersistentVolume>,
     me: &str,
     leader: bool,
+    source_node: Option<&str>,
 ) -> ClaimAction {
     use ClaimAction::*;
     if claim.metadata.deletion_timestamp.is_some() {
@@ -143,12 +144,17 @@ pub fn decide(
     } else {
         annotations.and_then(|a| a.get(PLACED_ON))
     };
-    match placed {
-        None if wait_for_consumer => return Nothing("waiting for a pod to be scheduled"),
-        None if leader => return Place,
-        None => return Nothing("waiting for the leader to place it"),
-        Some(node) if node != me => return Nothing("placed on another node"),
-        Some(_) => {}
+    match (placed, source_node) {
+        (None, _) if wait_for_consumer => return Nothing("waiting for a pod to be scheduled"),
+        // A restore or a clone is made where its source's data is, whatever node the
+        // scheduler picked: the PV then pins the claim there, the scheduler's binding of
+        // the pod to another node fails, and the pod is placed again, on this node.
+        (_, Some(node)) if node != me => return Nothing("its data source is on another node"),
+        (_, Some(_)) => {}
+        (None, None) if leader => return Place,
+        (None, None) => return Nothing("waiting for the leader to place it"),
+        (Some(node), None) if node != me => return Nothing("placed on another node"),
+        (Some(_), None) => {}
     }
     let Some(uid) = claim.metadata.uid.as_deref() else {
         return Nothing("the claim has no uid yet");
@@ -207,7 +213,7 @@ fn is_block(mode: Option<&str>) -> bool {
     mode == Some("Block")
 }
 
-fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
+pub fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
     let spec = claim.spec.as_ref().expect("checked by decide");
     // dataSourceRef wins (it is the newer field and may name another namespace).
     let (kind, group, name, namespace) = if let Some(r) = &spec.data_source_ref {
@@ -328,15 +334,15 @@ pub(crate) mod tests {
         let sc = class("WaitForFirstConsumer", true);
         let unscheduled = claim(json!({}), json!({}));
         assert_eq!(
-            decide(&unscheduled, Some(&sc), None, "n1", true),
+            decide(&unscheduled, Some(&sc), None, "n1", true, None),
             ClaimAction::Nothing("waiting for a pod to be scheduled")
         );
         let on_n2 = claim(json!({SELECTED_NODE: "n2"}), json!({}));
         assert_eq!(
-            decide(&on_n2, Some(&sc), None, "n1", true),
+            decide(&on_n2, Some(&sc), None, "n1", true, None),
             ClaimAction::Nothing("placed on another node")
         );
-        let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n2", false) else {
+        let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n2", false, None) else {
             panic!("n2 should provision");
         };
         assert_eq!(p.name, "pvc-1234");
@@ -355,21 +361,21 @@ pub(crate) mod tests {
         let sc = class("Immediate", true);
         let fresh = claim(json!({}), json!({}));
         assert_eq!(
-            decide(&fresh, Some(&sc), None, "n1", true),
+            decide(&fresh, Some(&sc), None, "n1", true, None),
             ClaimAction::Place
         );
         assert!(matches!(
-            decide(&fresh, Some(&sc), None, "n1", false),
+            decide(&fresh, Some(&sc), None, "n1", false, None),
             ClaimAction::Nothing(_)
         ));
         // The scheduler's annotation means nothing for Immediate binding.
         let placed = claim(json!({PLACED_ON: "n1", SELECTED_NODE: "n2"}), json!({}));
         assert!(matches!(
-            decide(&placed, Some(&sc), None, "n1", false),
+            decide(&placed, Some(&sc), None, "n1", false, None),
             ClaimAction::Provision(_)
         ));
         assert!(matches!(
-            decide(&placed, Some(&sc), None, "n2", true),
+            decide(&placed, Some(&sc), None, "n2", true, None),
             ClaimAction::Nothing(_)
         ));
     }
@@ -380,11 +386,11 @@ pub(crate) mod tests {
         other.provisioner = "rancher.io/local-path".into();
         let c = claim(json!({PLACED_ON: "n1"}), json!({}));
         assert!(matches!(
-            decide(&c, Some(&other), None, "n1", true),
+            decide(&c, Some(&other), None, "n1", true, None),
             ClaimAction::Nothing(_)
         ));
         assert!(matches!(
-            decide(&c, None, None, "n1", true),
+            decide(&c, None, None, "n1", true, None),
             ClaimAction::Nothing(_)
         ));
         let mut deleting = c.clone();
@@ -392,7 +398,44 @@ pub(crate) mod tests {
             Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
         let sc = class("Immediate", true);
         assert!(matches!(
-            decide(&deleting, Some(&sc), None, "n1", true),
+            decide(&deleting, Some(&sc), None, "n1", true, None),
+            ClaimAction::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn a_restore_or_clone_is_made_on_its_sources_node_whatever_was_selected() {
+        let sc = class("WaitForFirstConsumer", true);
+        let restore = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap1"}}),
+        );
+        // The snapshot is on n1: n1 provisions, the selected n2 leaves it alone.
+        assert!(matches!(
+            decide(&restore, Some(&sc), None, "n1", false, Some("n1")),
+            ClaimAction::Provision(_)
+        ));
+        assert!(matches!(
+            decide(&restore, Some(&sc), None, "n2", true, Some("n1")),
+            ClaimAction::Nothing(_)
+        ));
+        // Still waits for a consumer first.
+        let unscheduled = claim(
+            json!({}),
+            json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
+        );
+        assert!(matches!(
+            decide(&unscheduled, Some(&sc), None, "n1", true, Some("n1")),
+            ClaimAction::Nothing(_)
+        ));
+        // Immediate binding: no placement by the leader; the source's node takes it.
+        let now = class("Immediate", true);
+        assert!(matches!(
+            decide(&unscheduled, Some(&now), None, "n1", false, Some("n1")),
+            ClaimAction::Provision(_)
+        ));
+        assert!(matches!(
+            decide(&unscheduled, Some(&now), None, "n2", true, Some("n1")),
             ClaimAction::Nothing(_)
         ));
     }
@@ -404,7 +447,8 @@ pub(crate) mod tests {
             json!({PLACED_ON: "n1"}),
             json!({"volumeMode": "Block", "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap1"}}),
         );
-        let ClaimAction::Provision(p) = decide(&from_snapshot, Some(&sc), None, "n1", false) else {
+        let ClaimAction::Provision(p) = decide(&from_snapshot, Some(&sc), None, "n1", false, None)
+        else {
             panic!()
         };
         assert_eq!(p.source, Some(Source::Snapshot("snap1".into())));
@@ -413,7 +457,7 @@ pub(crate) mod tests {
             json!({PLACED_ON: "n1"}),
             json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
         );
-        let ClaimAction::Provision(p) = decide(&clone, Some(&sc), None, "n1", false) else {
+        let ClaimAction::Provision(p) = decide(&clone, Some(&sc), None, "n1", false, None) else {
             panic!()
         };
         assert_eq!(p.source, Some(Source::Claim("orig".into())));
@@ -422,7 +466,7 @@ pub(crate) mod tests {
             json!({"dataSourceRef": {"apiGroup": "example.com", "kind": "Populator", "name": "x"}}),
         );
         assert!(matches!(
-            decide(&foreign, Some(&sc), None, "n1", false),
+            decide(&foreign, Some(&sc), None, "n1", false, None),
             ClaimAction::Refuse(_)
         ));
         let elsewhere = claim(
@@ -430,7 +474,7 @@ pub(crate) mod tests {
             json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig", "namespace": "other"}}),
         );
         assert!(matches!(
-            decide(&elsewhere, Some(&sc), None, "n1", false),
+            decide(&elsewhere, Some(&sc), None, "n1", false, None),
             ClaimAction::Refuse(_)
         ));
         let garbage = claim(
@@ -438,12 +482,12 @@ pub(crate) mod tests {
             json!({"resources": {"requests": {"storage": "lots"}}}),
         );
         assert!(matches!(
-            decide(&garbage, Some(&sc), None, "n1", false),
+            decide(&garbage, Some(&sc), None, "n1", false, None),
             ClaimAction::Refuse(_)
         ));
         let none = claim(json!({PLACED_ON: "n1"}), json!({"resources": {}}));
         assert!(matches!(
-            decide(&none, Some(&sc), None, "n1", false),
+            decide(&none, Some(&sc), None, "n1", false, None),
             ClaimAction::Refuse(_)
         ));
     }
@@ -457,7 +501,7 @@ pub(crate) mod tests {
         );
         let pv = volume("n1", "1Gi");
         assert_eq!(
-            decide(&bigger, Some(&sc), Some(&pv), "n1", false),
+            decide(&bigger, Some(&sc), Some(&pv), "n1", false, None),
             ClaimAction::Expand {
                 volume_handle: "local#image#n1#0123".into(),
                 pv_name: "pvc-1234".into(),
@@ -466,16 +510,16 @@ pub(crate) mod tests {
             }
         );
         assert!(matches!(
-            decide(&bigger, Some(&sc), Some(&pv), "n2", true),
+            decide(&bigger, Some(&sc), Some(&pv), "n2", true, None),
             ClaimAction::Nothing(_)
         ));
         assert!(matches!(
-            decide(&bigger, Some(&sc), None, "n1", true),
+            decide(&bigger, Some(&sc), None, "n1", true, None),
             ClaimAction::Nothing(_)
         ));
         let same = claim(json!({}), json!({"volumeName": "pvc-1234"}));
         assert!(matches!(
-            decide(&same, Some(&sc), Some(&pv), "n1", true),
+            decide(&same, Some(&sc), Some(&pv), "n1", true, None),
             ClaimAction::Nothing(_)
         ));
         // A crash between growing the volume and recording it: finish the job.
@@ -486,18 +530,18 @@ pub(crate) mod tests {
             .unwrap(),
         );
         assert!(
-            matches!(decide(&midway, Some(&sc), Some(&pv), "n1", false), ClaimAction::Expand { bytes, .. } if bytes == 1 << 30)
+            matches!(decide(&midway, Some(&sc), Some(&pv), "n1", false, None), ClaimAction::Expand { bytes, .. } if bytes == 1 << 30)
         );
         let fixed = class("WaitForFirstConsumer", false);
         assert!(matches!(
-            decide(&bigger, Some(&fixed), Some(&pv), "n1", false),
+            decide(&bigger, Some(&fixed), Some(&pv), "n1", false, None),
             ClaimAction::Refuse(_)
         ));
         // A volume someone else provisioned is not Warren's to grow.
         let mut foreign = pv.clone();
         foreign.metadata.annotations = None;
         assert!(matches!(
-            decide(&bigger, Some(&sc), Some(&foreign), "n1", false),
+            decide(&bigger, Some(&sc), Some(&foreign), "n1", false, None),
             ClaimAction::Nothing(_)
         ));
     }

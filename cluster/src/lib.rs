@@ -9,6 +9,7 @@
 //! - `lease`: leader election on a coordination.k8s.io Lease, for the one decision no
 //!   node owns (where an Immediate-binding volume goes).
 
+pub mod authority;
 pub mod claims;
 pub mod edge;
 pub mod error;

@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::quantity::format_bytes;
 use crate::volumes::FINALIZER;
 use crate::{DRIVER, TOPOLOGY_KEY};
+use warren_core::ids::{SnapshotId, VolumeId};
 
 /// What the claim and volume reconcilers share.
 pub struct Context<C> {
@@ -74,12 +75,22 @@ pub async fn reconcile_claim<C: Controller>(
         .filter(|v| !v.is_empty())
         .and_then(|name| ctx.volumes.get(&ObjectRef::new(name)));
     let leading = *ctx.leading.borrow();
+    let source_node = match source_node(&ctx, &claim, class.as_deref()).await {
+        Ok(node) => node,
+        Err(e) => {
+            // Not ready (a snapshot still being cut, a source claim not bound): decide as
+            // if there were no source; provisioning then reports why it cannot go on.
+            tracing::debug!(error = %e, "data source not resolved yet");
+            None
+        }
+    };
     let action = claims::decide(
         &claim,
         class.as_deref(),
         volume.as_deref(),
         &ctx.node,
         leading,
+        source_node.as_deref(),
     );
     let span = tracing::info_span!("claim", claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()));
     let _guard = span.enter();
@@ -425,6 +436,38 @@ fn volume_object(
         }),
         status: None,
     }
+}
+
+/// The node holding the data an unbound claim of Warren's is to be made from (a snapshot
+/// or a volume), read from the source's CSI id; None when it has no data source.
+async fn source_node<C>(
+    ctx: &Context<C>,
+    claim: &PersistentVolumeClaim,
+    class: Option<&StorageClass>,
+) -> Result<Option<String>> {
+    let Some(spec) = &claim.spec else {
+        return Ok(None);
+    };
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+        || class.is_none_or(|c| c.provisioner != DRIVER)
+    {
+        return Ok(None);
+    }
+    let Ok(Some(source)) = claims::data_source(claim) else {
+        return Ok(None);
+    };
+    let resolved = resolve_source(ctx, &claim.namespace().unwrap_or_default(), &source).await?;
+    let node = match resolved.r#type {
+        Some(volume_content_source::Type::Volume(v)) => {
+            VolumeId::parse(&v.volume_id).map(|id| id.node)
+        }
+        Some(volume_content_source::Type::Snapshot(s)) => {
+            SnapshotId::parse(&s.snapshot_id).map(|id| id.node)
+        }
+        None => return Ok(None),
+    };
+    node.map(Some)
+        .map_err(|e| Error::Invalid(format!("data source: {e}")))
 }
 
 /// The CSI source of a clone (the source claim's volume) or restore (the snapshot's
