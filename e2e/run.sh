@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# e2e/run.sh: Warren's end-to-end suite on a real two-node Kubernetes cluster.
+#
+#   bash e2e/run.sh             (as root; what CI runs)
+#
+# 1. builds what is missing: the cluster's binaries (e2e/cluster/build.sh, cached in
+#    /var/cache/warren-e2e) and Warren's container image (deploy/image/build.sh);
+# 2. starts the cluster (e2e/cluster/up.sh: kine, kube-apiserver, controller-manager,
+#    scheduler, and per node containerd + runc, kubelet, kube-proxy), imports the image
+#    into each node's containerd and installs the VolumeSnapshot CRDs;
+# 3. deploys Warren's edge mode from deploy/manifests/edge.yaml: one DaemonSet, no
+#    sidecars;
+# 4. runs the scenarios below, each reported PASS or FAIL with what went wrong;
+# 5. tears everything down (WARREN_E2E_KEEP=1 leaves the cluster running).
+#
+# The two nodes share this machine's file system (node 2 differs only by its network
+# namespace and kubelet root dir, see e2e/cluster/README.md), so node 2's Warren runs
+# from a copy of the DaemonSet with node 2's paths: kubelet dir
+# /var/lib/kubelet-warren-node2 and state /var/lib/warren-node2. Node 1's runs from the
+# manifest as shipped (plus a node selector).
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+# shellcheck source=cluster/lib.sh
+source "$HERE/cluster/lib.sh"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+[[ $EUID == 0 ]] || die "must run as root"
+W="${WARREN_E2E_WORKDIR:-/tmp/warren-e2e}"
+VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml")"
+IMAGE_TAR="${WARREN_E2E_IMAGE:-$REPO/deploy/image/out/warren-$VERSION-amd64.oci.tar}"
+SNAPSHOT_CRDS_MODULE=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
+NODE1="$(node_name 1)" NODE2="$(node_name 2)"
+T0=$SECONDS
+
+# Where each node's Warren keeps its volumes, as seen from this host.
+warren_state_dir() { if [[ $1 == "$NODE1" ]]; then echo /var/lib/warren; else echo "/var/lib/warren-$1"; fi; }
+warren_storage_root() { echo "$(warren_state_dir "$1")/storage"; }
+
+# remove_warren_state: loop devices over the volumes of an earlier run, then the state
+# directories. Refuses a state directory this suite did not create.
+remove_warren_state() {
+  local node dir dev
+  for node in "$NODE1" "$NODE2"; do
+    dir="$(warren_state_dir "$node")"
+    [[ -e $dir ]] || continue
+    if [[ ! -e $dir/.warren-e2e ]] && [[ -n "$(ls -A "$dir" 2>/dev/null)" ]]; then
+      die "$dir exists and was not made by the e2e suite: move it away first"
+    fi
+    unmount_under "$dir"
+    for dev in $(losetup -nO NAME,BACK-FILE | awk -v d="$dir/" 'index($2, d) == 1 {print $1}'); do
+      losetup -d "$dev" || log "warning: cannot detach $dev"
+    done
+    rm -rf --one-file-system "$dir"
+  done
+}
+
+teardown() {
+  if [[ ${WARREN_E2E_KEEP:-0} == 1 ]]; then
+    log "WARREN_E2E_KEEP=1: cluster left running (source $W/env; e2e/cluster/down.sh $W)"
+    return
+  fi
+  bash "$HERE/cluster/down.sh" "$W" >/dev/null 2>&1 || log "warning: down.sh failed"
+  remove_warren_state
+}
+
+# ---------------------------------------------------------------------------
+log "building what is missing"
+bash "$HERE/cluster/build.sh" || die "building the cluster's binaries failed"
+if [[ -z ${WARREN_E2E_IMAGE:-} ]]; then
+  bash "$REPO/deploy/image/build.sh" >/dev/null || die "building Warren's image failed"
+fi
+[[ -f $IMAGE_TAR ]] || die "no image at $IMAGE_TAR"
+crd_dir="$(go mod download -json "$SNAPSHOT_CRDS_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/config/crd" ||
+  die "cannot fetch the VolumeSnapshot CRDs ($SNAPSHOT_CRDS_MODULE) from the Go module proxy"
+
+# A cluster left running by an earlier run (WARREN_E2E_KEEP=1) goes first: its Warren
+# pods hold the volumes.
+bash "$HERE/cluster/down.sh" "$W" >/dev/null || die "cannot stop the cluster left in $W"
+remove_warren_state
+trap teardown EXIT
+bash "$HERE/cluster/up.sh" "$W" || die "the cluster did not come up (logs: $W/logs)"
+# shellcheck disable=SC1091
+source "$W/env"
+for n in 1 2; do
+  mkdir -p "$(warren_state_dir "$(node_name "$n")")"
+  touch "$(warren_state_dir "$(node_name "$n")")/.warren-e2e"
+  ctr --address "$(node_cri_sock "$n")" -n k8s.io images import "$IMAGE_TAR" >/dev/null ||
+    die "importing $IMAGE_TAR into node $n's containerd failed"
+done
+
+# The CRDs come before Warren: it starts its snapshot controller only when they exist.
+for crd in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+  k apply -f "$crd_dir/snapshot.storage.k8s.io_$crd.yaml" >/dev/null
+done
+k wait --for=condition=Established --timeout=60s crd/volumesnapshots.snapshot.storage.k8s.io >/dev/null
+
+log "deploying the edge mode (deploy/manifests/edge.yaml)"
+k apply --dry-run=client -o json -f "$REPO/deploy/manifests/edge.yaml" |
+  python3 "$HERE/node2-daemonset.py" "$NODE1" "$NODE2" /var/lib/kubelet-warren-node2 "$(warren_state_dir "$NODE2")" |
+  k apply -f - >/dev/null || die "applying the manifests failed"
+
+csinode_has_warren() {
+  [[ "$(k get csinode "$1" -o 'jsonpath={.spec.drivers[?(@.name=="warren.csi.dev")].topologyKeys[0]}')" == topology.warren.csi.dev/node ]]
+}
+(
+  set -e
+  k -n warren-system rollout status ds/warren --timeout=120s
+  k -n warren-system rollout status ds/warren-node2 --timeout=120s
+  wait_until "node $NODE1 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE1"
+  wait_until "node $NODE2 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE2"
+) || {
+  k -n warren-system get pods -o wide
+  for p in $(k -n warren-system get pods -o name); do k -n warren-system logs "$p" --tail=40; done
+  die "Warren did not start on both nodes"
+}
+log "Warren is registered on both nodes ($((SECONDS - T0)) s since start)"
+
+k create namespace "$NS" >/dev/null
+# Classes beyond the chart's default warren-local (ext4 image, Delete, WaitForFirstConsumer).
+k apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: warren-xfs}
+provisioner: warren.csi.dev
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+parameters: {backend: local, layout: image, csi.storage.k8s.io/fstype: xfs}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: warren-retain}
+provisioner: warren.csi.dev
+reclaimPolicy: Retain
+volumeBindingMode: WaitForFirstConsumer
+parameters: {backend: local, layout: image, csi.storage.k8s.io/fstype: ext4}
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata: {name: warren-snapshots}
+driver: warren.csi.dev
+deletionPolicy: Delete
+EOF
+
+# shellcheck source=scenarios.sh
+source "$HERE/scenarios.sh"
+for s in "${SCENARIOS[@]}"; do scenario "${s%|*}" "${s##*|}"; done
+
+summary
+log "e2e done in $((SECONDS - T0)) s"
+((FAILED == 0))

@@ -1,0 +1,221 @@
+# The end-to-end scenarios (sourced by e2e/run.sh). Each runs in a subshell with errexit;
+# `fail` or any failing command ends it as FAIL. Later scenarios reuse claims made by
+# earlier ones where the issue asks for it (a snapshot of data written by a pod).
+# SCENARIOS lists "title|function".
+# shellcheck shell=bash
+
+SCENARIOS=(
+  "a claim binds, a pod writes, a second pod reads it back|s_write_read"
+  "WaitForFirstConsumer on two nodes: the volume lands on the pod's node|s_wffc_node2"
+  "online expansion (xfs) seen inside the running pod|s_online_expansion"
+  "VolumeSnapshot, then restore into a new claim|s_snapshot_restore"
+  "a clone of a claim|s_clone"
+  "reclaim Delete: nothing left behind|s_reclaim_delete"
+  "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
+  "Warren killed (kill -9) while a volume is in use|s_node_restart"
+  "everything deleted: no volume, loop device or mount left|s_all_gone"
+)
+
+TOKEN="warren-e2e-$RANDOM$RANDOM"
+
+s_write_read() {
+  pvc data1 1Gi
+  # WaitForFirstConsumer: nothing is provisioned before a pod needs the claim.
+  sleep 2
+  [[ "$(jp pvc data1 '{.status.phase}')" == Pending ]] || fail "claim bound before any pod used it"
+  run_pod writer "$NODE1" data1 "echo $TOKEN >/data/token && sync && echo written"
+  pvc_bound data1 || fail "claim data1 not bound"
+  local got
+  got="$(run_pod reader "" data1 "cat /data/token")"
+  [[ $got == "$TOKEN" ]] || fail "second pod read '$got', want '$TOKEN'"
+  local pv dir size
+  pv="$(pv_of data1)"
+  [[ "$(pv_node "$pv")" == "$NODE1" ]] || fail "PV $pv pinned to '$(pv_node "$pv")', want $NODE1"
+  [[ "$(k get pv "$pv" -o 'jsonpath={.metadata.annotations.pv\.kubernetes\.io/provisioned-by}')" == warren.csi.dev ]] ||
+    fail "PV $pv lacks pv.kubernetes.io/provisioned-by: warren.csi.dev"
+  dir="$(volume_dir "$pv" "$NODE1")"
+  [[ -n $dir ]] || fail "no volume for $pv in $(warren_storage_root "$NODE1")"
+  size="$(stat -c %s "$dir/disk.img")"
+  ((size == 1073741824)) || fail "image is $size bytes, want 1 GiB (enforced capacity)"
+  echo "PV $pv on $NODE1, image $dir/disk.img of $size bytes; pods read back the token"
+  kn delete pod writer reader --wait=true >/dev/null
+}
+
+s_wffc_node2() {
+  pvc data2 1Gi
+  run_pod writer2 "$NODE2" data2 "echo $TOKEN >/data/token && sync"
+  local pv
+  pv="$(pv_of data2)"
+  [[ "$(pv_node "$pv")" == "$NODE2" ]] || fail "PV $pv pinned to '$(pv_node "$pv")', want $NODE2"
+  [[ -n "$(volume_dir "$pv" "$NODE2")" ]] || fail "no volume for $pv on $NODE2"
+  [[ -z "$(volume_dir "$pv" "$NODE1")" ]] || fail "volume for $pv also on $NODE1"
+  # A pod without a node selector follows the volume to its node.
+  run_pod reader2 "" data2 "cat /data/token" | grep -qx "$TOKEN" || fail "reader on the volume's node did not see the token"
+  [[ "$(jp pod reader2 '{.spec.nodeName}')" == "$NODE2" ]] || fail "reader2 ran on $(jp pod reader2 '{.spec.nodeName}')"
+  echo "PV $pv on $NODE2 only; a pod without node selector was scheduled there"
+  kn delete pod writer2 reader2 --wait=true >/dev/null
+}
+
+fs_kib() { kn exec "$1" -- df -k /data | awk 'NR == 2 {print $2}'; }
+
+s_online_expansion() {
+  pvc grow 512Mi warren-xfs
+  pod grower "$NODE1" grow "echo $TOKEN >/data/token; sync; sleep 3600"
+  wait_until "pod grower running" 120 pod_running grower
+  local before after
+  before="$(fs_kib grower)"
+  kn patch pvc grow --type merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' >/dev/null
+  grown() { [[ "$(jp pvc grow '{.status.capacity.storage}')" == 2Gi ]] && (($(fs_kib grower) > 1900000)); }
+  wait_until "the claim's capacity and the pod's file system to reach 2Gi" 120 grown
+  after="$(fs_kib grower)"
+  [[ "$(kn exec grower -- cat /data/token)" == "$TOKEN" ]] || fail "data lost during expansion"
+  kn exec grower -- dd if=/dev/zero of=/data/big bs=1M count=1200 2>/dev/null || fail "cannot use the new space"
+  [[ -z "$(jp pvc grow '{.status.conditions[*].type}')" ]] || fail "conditions left on the claim: $(jp pvc grow '{.status.conditions[*].type}')"
+  echo "file system inside the running pod: $before KiB -> $after KiB; 1200 MiB written after growth"
+  kn delete pod grower --wait=true >/dev/null
+}
+
+snapshot_ready() { [[ "$(jp volumesnapshot "$1" '{.status.readyToUse}')" == true ]]; }
+
+s_snapshot_restore() {
+  kn apply -f - >/dev/null <<EOF
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap1}
+spec:
+  volumeSnapshotClassName: warren-snapshots
+  source: {persistentVolumeClaimName: data1}
+EOF
+  wait_until "snapshot snap1 ready to use" 60 snapshot_ready snap1
+  local content
+  content="$(jp volumesnapshot snap1 '{.status.boundVolumeSnapshotContentName}')"
+  [[ -n "$(k get volumesnapshotcontent "$content" -o 'jsonpath={.status.snapshotHandle}')" ]] ||
+    fail "content $content has no snapshot handle"
+  # The source changes after the snapshot; the restore must show the old data.
+  run_pod changer "$NODE1" data1 "echo changed >/data/token" >/dev/null
+  pvc restored 1Gi warren-local "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap1}"
+  # The reader prefers node 2, so the scheduler selects node 2 first; the snapshot's data
+  # is on node 1, so Warren makes the volume there and the pod must follow it.
+  local got
+  got="$(run_pod restore-reader "" restored "cat /data/token" "$NODE2")"
+  [[ $got == "$TOKEN" ]] || fail "restored claim has '$got', want the snapshot's '$TOKEN'"
+  [[ "$(pv_node "$(pv_of restored)")" == "$NODE1" ]] || fail "restored volume not on the snapshot's node"
+  [[ "$(jp pod restore-reader '{.spec.nodeName}')" == "$NODE1" ]] || fail "the reader ran on $(jp pod restore-reader '{.spec.nodeName}')"
+  echo "snapshot $content ready; restored claim holds the data as of the snapshot;"
+  echo "the scheduler first selected $(jp pvc restored '{.metadata.annotations.volume\.kubernetes\.io/selected-node}'), the volume was made on $NODE1 and the pod followed it"
+  kn delete pod changer restore-reader --wait=true >/dev/null
+}
+
+s_clone() {
+  pvc clone1 1Gi warren-local "  dataSource: {kind: PersistentVolumeClaim, name: data1}"
+  local got
+  got="$(run_pod clone-reader "" clone1 "cat /data/token; echo clone-only >/data/clone" "$NODE2")"
+  [[ $got == changed ]] || fail "clone has '$got', want the source's current 'changed'"
+  run_pod source-reader "" data1 "test ! -e /data/clone" >/dev/null || fail "a write to the clone reached the source"
+  echo "clone of data1 has its data; writes to the clone stay in the clone"
+  kn delete pod clone-reader source-reader --wait=true >/dev/null
+}
+
+s_reclaim_delete() {
+  local pv
+  pv="$(pv_of data2)"
+  [[ -n "$(volume_dir "$pv" "$NODE2")" ]] || fail "no volume for $pv on $NODE2 before the test"
+  kn delete pvc data2 --wait=true >/dev/null
+  wait_until "PV $pv deleted" 60 gone pv "$pv"
+  [[ -z "$(volume_dir "$pv" "$NODE2")" ]] || fail "volume of deleted PV $pv still on $NODE2"
+  echo "claim deleted -> PV $pv and its storage on $NODE2 removed"
+}
+
+pv_phase() { k get pv "$1" -o 'jsonpath={.status.phase}'; }
+
+s_reclaim_retain() {
+  pvc keep 1Gi warren-retain
+  run_pod keeper "$NODE1" keep "echo $TOKEN >/data/token && sync" >/dev/null
+  local pv
+  pv="$(pv_of keep)"
+  kn delete pod keeper --wait=true >/dev/null
+  kn delete pvc keep --wait=true >/dev/null
+  released() { [[ "$(pv_phase "$pv")" == Released ]]; }
+  wait_until "PV $pv Released" 60 released
+  sleep 3
+  [[ "$(pv_phase "$pv")" == Released ]] || fail "PV $pv is $(pv_phase "$pv") after its claim went"
+  [[ -n "$(volume_dir "$pv" "$NODE1")" ]] || fail "storage of retained PV $pv removed"
+  # An administrator binds the retained volume to a new claim: the data is there.
+  k patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null
+  pvc keep-again 1Gi warren-retain "  volumeName: $pv"
+  wait_until "claim keep-again bound to $pv" 60 pvc_bound keep-again
+  local got
+  got="$(run_pod keeper-again "" keep-again "cat /data/token")"
+  [[ $got == "$TOKEN" ]] || fail "retained volume holds '$got', want '$TOKEN'"
+  echo "PV $pv Released with its storage; bound again, the data reads back"
+  kn delete pod keeper-again --wait=true >/dev/null
+  kn delete pvc keep-again --wait=true >/dev/null
+  k delete pv "$pv" --wait=false >/dev/null
+}
+
+# warren_pid NODE: the `warren edge` process serving NODE (all nodes' processes are
+# visible from this host).
+warren_pid() {
+  local pid
+  for pid in $(pgrep -x warren); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "WARREN_NODE_ID=$1"; then
+      echo "$pid"
+      return 0
+    fi
+  done
+  return 1
+}
+
+warren_restarts() {
+  k -n warren-system get pods -l app.kubernetes.io/component=edge \
+    -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}'
+}
+warren_ready() {
+  [[ "$(k -n warren-system get pods -l app.kubernetes.io/component=edge \
+    -o 'jsonpath={.items[0].status.containerStatuses[0].ready}')" == true ]]
+}
+
+s_node_restart() {
+  pvc live 1Gi
+  pod liver "$NODE1" live "echo $TOKEN >/data/token; sync; sleep 3600"
+  wait_until "pod liver running" 120 pod_running liver
+  local pid restarts
+  pid="$(warren_pid "$NODE1")" || fail "no warren process for $NODE1"
+  restarts="$(warren_restarts)"
+  kill -9 "$pid"
+  restarted() { (($(warren_restarts) > restarts)) && warren_ready && csinode_has_warren "$NODE1"; }
+  wait_until "Warren on $NODE1 restarted and ready" 120 restarted
+  [[ "$(kn exec liver -- cat /data/token)" == "$TOKEN" ]] || fail "the running pod lost its data"
+  kn exec liver -- sh -c 'echo after-restart >/data/after && sync' || fail "the running pod cannot write after the restart"
+  # Publishing after the restart: a second pod on the same staged volume, and a new claim.
+  [[ "$(run_pod liver2 "$NODE1" live "cat /data/after")" == after-restart ]] || fail "a new pod on the staged volume did not see the data"
+  pvc fresh 1Gi
+  run_pod fresher "$NODE1" fresh "echo ok >/data/ok && cat /data/ok" | grep -qx ok || fail "a new claim did not provision and publish"
+  echo "warren (pid $pid) killed; restarted; the running pod kept reading and writing; new publishes work"
+  kn delete pod liver liver2 fresher --wait=true >/dev/null
+}
+
+s_all_gone() {
+  kn delete pod --all --wait=true >/dev/null
+  kn delete volumesnapshot --all --wait=true >/dev/null
+  kn delete pvc --all --wait=true >/dev/null
+  no_warren_pvs() { [[ -z "$(k get pv -o name)" ]]; }
+  wait_until "every PV deleted" 90 no_warren_pvs
+  no_snapshot_contents() { [[ -z "$(k get volumesnapshotcontent -o name)" ]]; }
+  wait_until "every VolumeSnapshotContent deleted" 60 no_snapshot_contents
+  # The retained volume of s_reclaim_retain: its PV is gone, its storage stays by design.
+  local node root left
+  for node in "$NODE1" "$NODE2"; do
+    root="$(warren_storage_root "$node")"
+    left="$(find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+    if [[ $node == "$NODE1" ]]; then ((left <= 1)) || fail "$left objects left in $root (want only the retained volume)"; fi
+    if [[ $node == "$NODE2" ]]; then ((left == 0)) || fail "$left objects left in $root"; fi
+  done
+  local loops
+  loops="$(losetup -nO BACK-FILE | grep -c -e "$(warren_state_dir "$NODE1")/" -e "$(warren_state_dir "$NODE2")/" || true)"
+  ((loops == 0)) || fail "$loops loop devices still attached to Warren volumes"
+  local mounts
+  mounts="$(grep -c 'kubernetes.io/csi' /proc/self/mountinfo || true)"
+  ((mounts == 0)) || fail "$mounts CSI mounts left: $(grep 'kubernetes.io/csi' /proc/self/mountinfo)"
+  echo "no PV, snapshot content, loop device, CSI mount or unretained volume left"
+}
