@@ -6,11 +6,15 @@
 //!   PersistentVolume asks of this node, from what is observed.
 //! - `provisioner`, `reclaimer`: carry those decisions out through Warren's own CSI
 //!   services (the edge mode's sidecar-free provisioner, resizer and deleter).
+//! - `discovery`: the standard mode's controller finds the nodes' agents from Node
+//!   objects.
+//! - `authority`: lets the kubelet's plugin watcher talk to a tonic server.
 //! - `lease`: leader election on a coordination.k8s.io Lease, for the one decision no
 //!   node owns (where an Immediate-binding volume goes).
 
 pub mod authority;
 pub mod claims;
+pub mod discovery;
 pub mod edge;
 pub mod error;
 pub mod lease;

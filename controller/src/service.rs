@@ -158,7 +158,7 @@ impl ControllerService {
     /// Known nodes ordered by free space, most first; unreachable nodes last.
     async fn nodes_by_free_space(&self, layout: Layout) -> Vec<String> {
         let mut scored = Vec::new();
-        for (name, node) in self.nodes.iter() {
+        for (name, node) in self.nodes.snapshot() {
             let free = node
                 .capacity(layout)
                 .await
@@ -617,8 +617,8 @@ impl Controller for ControllerService {
             .as_ref()
             .map(|t| t.segments.get(TOPOLOGY_KEY).cloned().unwrap_or_default());
         let (mut available, mut maximum) = (0u64, 0u64);
-        for (name, node) in self.nodes.iter() {
-            if wanted_node.as_ref().is_some_and(|w| w != name) {
+        for (name, node) in self.nodes.snapshot() {
+            if wanted_node.as_ref().is_some_and(|w| *w != name) {
                 continue;
             }
             if let Ok(c) = node.capacity(params.layout).await {

@@ -170,9 +170,16 @@ pub struct ControllerArgs {
         long = "node-agent",
         env = "WARREN_NODE_AGENTS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "discover_nodes"
     )]
     pub node_agents: Vec<String>,
+    /// In a cluster: find the nodes' agents from the Node objects (those labelled with
+    /// Warren's topology key, at their InternalIP and --agent-port) and follow changes.
+    #[arg(long, env = "WARREN_DISCOVER_NODES")]
+    pub discover_nodes: bool,
+    /// Port of the node agents found by --discover-nodes.
+    #[arg(long, env = "WARREN_AGENT_PORT", default_value_t = 7461)]
+    pub agent_port: u16,
     /// File holding the shared agent token.
     #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]
     pub agent_token_file: PathBuf,

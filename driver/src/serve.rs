@@ -1,5 +1,6 @@
 //! Builds the services for a mode and serves them until SIGTERM or Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +59,15 @@ pub async fn run(mode: Mode) -> Result<()> {
         Mode::Controller(args) => {
             let token = read_token(&args.agent_token_file)?;
             let metrics = observability(&args.common, None, &ready, &stop_rx).await?;
-            let mut nodes = Nodes::default();
+            let nodes = Nodes::default();
+            if args.discover_nodes {
+                tokio::spawn(discover_nodes(
+                    nodes.clone(),
+                    args.agent_port,
+                    token.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             for entry in &args.node_agents {
                 let (name, address) = entry.split_once('=').ok_or_else(|| {
                     Error::InvalidArgument(format!(
@@ -140,7 +149,7 @@ async fn serve_all(
 ) -> Result<()> {
     let store = open_store(node_side)?;
     let metrics = observability(common, Some(&store), &ready, &stop_rx).await?;
-    let mut nodes = Nodes::default();
+    let nodes = Nodes::default();
     nodes.add(&node_side.node_id, Arc::new(store.clone()));
     let controller = start_controller(common, nodes, stop_rx.clone()).await?;
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
@@ -235,6 +244,37 @@ async fn start_controller(
         }
     });
     Ok(controller)
+}
+
+/// Keeps `nodes` equal to the agents the Node objects name (standard mode). Without a
+/// Kubernetes API the process exits: --discover-nodes is only given in a cluster.
+async fn discover_nodes(nodes: Nodes, port: u16, token: String, stop: watch::Receiver<bool>) {
+    let mut known: BTreeMap<String, String> = BTreeMap::new();
+    let update = |agents: &BTreeMap<String, String>| {
+        for gone in known.keys().filter(|n| !agents.contains_key(*n)) {
+            nodes.remove(gone);
+            tracing::info!(node = %gone, "node left");
+        }
+        for (name, address) in agents {
+            if known.get(name) == Some(address) {
+                continue;
+            }
+            match agent::RemoteNodeStorage::new(name, address, &token) {
+                Ok(storage) => {
+                    nodes.add(name, Arc::new(storage));
+                    tracing::info!(node = %name, %address, "node agent found");
+                }
+                Err(e) => {
+                    tracing::warn!(node = %name, %address, error = %e, "bad node agent address")
+                }
+            }
+        }
+        known = agents.clone();
+    };
+    if let Err(e) = warren_cluster::discovery::run(port, update, stop).await {
+        tracing::error!(error = %e, "--discover-nodes needs the Kubernetes API");
+        std::process::exit(1);
+    }
 }
 
 /// How long in-flight calls get to finish after SIGTERM. Kubelet and the sidecars keep
