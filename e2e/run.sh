@@ -31,6 +31,7 @@ source "$HERE/lib.sh"
 W="${WARREN_E2E_WORKDIR:-/tmp/warren-e2e}"
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml")"
 IMAGE_TAR="${WARREN_E2E_IMAGE:-$REPO/deploy/image/out/warren-$VERSION-amd64.oci.tar}"
+SIDECAR_IMAGES="${WARREN_E2E_SIDECARS:-/var/cache/warren-e2e/sidecars}/images.txt"
 SNAPSHOT_CRDS_MODULE=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
 NODE1="$(node_name 1)" NODE2="$(node_name 2)"
 T0=$SECONDS
@@ -57,6 +58,14 @@ remove_warren_state() {
   done
 }
 
+make_state_dirs() {
+  local n
+  for n in 1 2; do
+    mkdir -p "$(warren_state_dir "$(node_name "$n")")"
+    touch "$(warren_state_dir "$(node_name "$n")")/.warren-e2e"
+  done
+}
+
 teardown() {
   if [[ ${WARREN_E2E_KEEP:-0} == 1 ]]; then
     log "WARREN_E2E_KEEP=1: cluster left running (source $W/env; e2e/cluster/down.sh $W)"
@@ -73,6 +82,9 @@ if [[ -z ${WARREN_E2E_IMAGE:-} ]]; then
   bash "$REPO/deploy/image/build.sh" >/dev/null || die "building Warren's image failed"
 fi
 [[ -f $IMAGE_TAR ]] || die "no image at $IMAGE_TAR"
+if [[ ${WARREN_E2E_MODES:-edge standard} == *standard* ]]; then
+  bash "$HERE/sidecars/build.sh" >/dev/null || die "building the CSI sidecars' images failed"
+fi
 crd_dir="$(go mod download -json "$SNAPSHOT_CRDS_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/config/crd" ||
   die "cannot fetch the VolumeSnapshot CRDs ($SNAPSHOT_CRDS_MODULE) from the Go module proxy"
 
@@ -84,11 +96,12 @@ trap teardown EXIT
 bash "$HERE/cluster/up.sh" "$W" || die "the cluster did not come up (logs: $W/logs)"
 # shellcheck disable=SC1091
 source "$W/env"
+make_state_dirs
 for n in 1 2; do
-  mkdir -p "$(warren_state_dir "$(node_name "$n")")"
-  touch "$(warren_state_dir "$(node_name "$n")")/.warren-e2e"
-  ctr --address "$(node_cri_sock "$n")" -n k8s.io images import "$IMAGE_TAR" >/dev/null ||
-    die "importing $IMAGE_TAR into node $n's containerd failed"
+  for tar in "$IMAGE_TAR" $([[ ${WARREN_E2E_MODES:-edge standard} != *standard* ]] || awk '{print $2}' "$SIDECAR_IMAGES"); do
+    ctr --address "$(node_cri_sock "$n")" -n k8s.io images import "$tar" >/dev/null ||
+      die "importing $tar into node $n's containerd failed"
+  done
 done
 
 # The CRDs come before Warren: it starts its snapshot controller only when they exist.
@@ -97,57 +110,92 @@ for crd in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
 done
 k wait --for=condition=Established --timeout=60s crd/volumesnapshots.snapshot.storage.k8s.io >/dev/null
 
-log "deploying the edge mode (deploy/manifests/edge.yaml)"
-k apply --dry-run=client -o json -f "$REPO/deploy/manifests/edge.yaml" |
-  python3 "$HERE/node2-daemonset.py" "$NODE1" "$NODE2" /var/lib/kubelet-warren-node2 "$(warren_state_dir "$NODE2")" |
-  k apply -f - >/dev/null || die "applying the manifests failed"
-
+# ---------------------------------------------------------------------------
 csinode_has_warren() {
   [[ "$(k get csinode "$1" -o 'jsonpath={.spec.drivers[?(@.name=="warren.csi.dev")].topologyKeys[0]}')" == topology.warren.csi.dev/node ]]
 }
-(
-  set -e
-  k -n warren-system rollout status ds/warren --timeout=120s
-  k -n warren-system rollout status ds/warren-node2 --timeout=120s
-  wait_until "node $NODE1 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE1"
-  wait_until "node $NODE2 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE2"
-) || {
-  k -n warren-system get pods -o wide
-  for p in $(k -n warren-system get pods -o name); do k -n warren-system logs "$p" --tail=40; done
-  die "Warren did not start on both nodes"
-}
-log "Warren is registered on both nodes ($((SECONDS - T0)) s since start)"
 
-k create namespace "$NS" >/dev/null
-# Classes beyond the chart's default warren-local (ext4 image, Delete, WaitForFirstConsumer).
-k apply -f - >/dev/null <<EOF
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: warren-xfs}
-provisioner: warren.csi.dev
-reclaimPolicy: Delete
-volumeBindingMode: WaitForFirstConsumer
-allowVolumeExpansion: true
-parameters: {backend: local, layout: image, csi.storage.k8s.io/fstype: xfs}
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: warren-retain}
-provisioner: warren.csi.dev
-reclaimPolicy: Retain
-volumeBindingMode: WaitForFirstConsumer
-parameters: {backend: local, layout: image, csi.storage.k8s.io/fstype: ext4}
----
-apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshotClass
-metadata: {name: warren-snapshots}
-driver: warren.csi.dev
-deletionPolicy: Delete
-EOF
+# deploy MODE: Warren from deploy/manifests/MODE.yaml (node DaemonSet split per node, see
+# node2-daemonset.py), and waits until both nodes have registered it with their kubelet.
+deploy() {
+  local mode="$1" objects="$W/warren-$1.json"
+  k apply --dry-run=client -o json -f "$REPO/deploy/manifests/$mode.yaml" |
+    python3 "$HERE/node2-daemonset.py" "$NODE1" "$NODE2" "$(node_rootdir 2)" "$(warren_state_dir "$NODE2")" \
+      >"$objects" || die "transforming the $mode manifests failed"
+  k apply -f "$objects" >/dev/null || die "applying the $mode manifests failed"
+  local rollouts=(ds/warren ds/warren-node2)
+  if [[ $mode == standard ]]; then
+    # What the install notes ask of the user: the agent token the controller and nodes share.
+    k -n warren-system create secret generic warren-agent-token \
+      --from-literal=token="$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" >/dev/null
+    # The cluster's snapshot controller (an add-on in a standard cluster, not Warren's).
+    sed "s|@IMAGE@|$(sidecar_image snapshot-controller)|" "$HERE/snapshot-controller.yaml" | k apply -f - >/dev/null
+    rollouts=(ds/warren-node ds/warren-node-node2 deploy/warren-controller)
+  fi
+  (
+    set -e
+    for r in "${rollouts[@]}"; do k -n warren-system rollout status "$r" --timeout=180s; done
+    wait_until "node $NODE1 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE1"
+    wait_until "node $NODE2 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE2"
+  ) || {
+    k -n warren-system get pods -o wide
+    for p in $(k -n warren-system get pods -o name); do k -n warren-system logs "$p" --all-containers --tail=40; done
+    die "Warren ($mode mode) did not start on both nodes"
+  }
+}
+
+# undeploy MODE: removes what deploy made and every volume left on the nodes, so the next
+# mode starts from empty nodes.
+undeploy() {
+  local mode="$1"
+  k delete -f "$W/warren-$mode.json" --wait=true --timeout=120s >/dev/null 2>&1 || true
+  if [[ $mode == standard ]]; then
+    sed "s|@IMAGE@|x|" "$HERE/snapshot-controller.yaml" | k delete -f - --wait=true >/dev/null 2>&1 || true
+  fi
+  no_warren_pods() { [[ -z "$(k get pods -A -l app.kubernetes.io/name=warren -o name)" ]]; }
+  (wait_until "Warren's pods gone" 120 no_warren_pods) || log "warning: Warren's pods are still there"
+  remove_warren_state
+  make_state_dirs
+}
+
+# sidecar_image NAME: the image reference the sidecar build made for NAME.
+sidecar_image() { awk -v n="/$1:" 'index($1, n) {print $1; exit}' "$SIDECAR_IMAGES"; }
+
+# footprint MODE: RSS of the processes of Warren's pods (their pause process left out), per
+# pod: what the mode costs each node, and the controller pod in the standard mode.
+footprint() {
+  local mode="$1" entry pod uid node pid comm kb rss line
+  echo
+  echo "=== footprint ($mode mode): RSS of Warren's pods after the scenarios"
+  for entry in $(k -n warren-system get pods -o jsonpath='{range .items[*]}{.metadata.name},{.metadata.uid},{.spec.nodeName}{"\n"}{end}'); do
+    IFS=, read -r pod uid node <<<"$entry"
+    rss=0 line=""
+    for pid in $(grep -l "pod$uid" /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3); do
+      comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || continue
+      [[ $comm != pause ]] || continue
+      kb="$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)" || continue
+      rss=$((rss + kb))
+      line+=" $comm=$((kb / 1024))MiB"
+    done
+    echo "$pod on $node: $((rss / 1024)) MiB ($rss KiB):$line"
+  done
+}
 
 # shellcheck source=scenarios.sh
 source "$HERE/scenarios.sh"
-for s in "${SCENARIOS[@]}"; do scenario "${s%|*}" "${s##*|}"; done
+for MODE in ${WARREN_E2E_MODES:-edge standard}; do
+  log "deploying the $MODE mode (deploy/manifests/$MODE.yaml)"
+  deploy "$MODE"
+  log "Warren ($MODE mode) is registered on both nodes ($((SECONDS - T0)) s since start)"
+  k create namespace "$NS" >/dev/null
+  # Classes beyond the chart's default warren-local (ext4 image, Delete, WaitForFirstConsumer).
+  k apply -f "$HERE/classes.yaml" >/dev/null
+  for s in "${SCENARIOS[@]}"; do scenario "$MODE: ${s%|*}" "${s##*|}"; done
+  footprint "$MODE"
+  k delete namespace "$NS" --wait=true >/dev/null
+  k delete -f "$HERE/classes.yaml" >/dev/null
+  undeploy "$MODE"
+done
 
 summary
 log "e2e done in $((SECONDS - T0)) s"

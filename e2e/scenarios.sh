@@ -153,12 +153,12 @@ s_reclaim_retain() {
   k delete pv "$pv" --wait=false >/dev/null
 }
 
-# warren_pid NODE: the `warren edge` process serving NODE (all nodes' processes are
-# visible from this host).
+# warren_pid: the Warren node process of node 1 (every node's processes are visible from
+# this host; node 1's is the one whose kubelet dir is /var/lib/kubelet).
 warren_pid() {
   local pid
   for pid in $(pgrep -x warren); do
-    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "WARREN_NODE_ID=$1"; then
+    if tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- --kubelet-dir | grep -qx "$(node_rootdir 1)"; then
       echo "$pid"
       return 0
     fi
@@ -166,21 +166,20 @@ warren_pid() {
   return 1
 }
 
-warren_restarts() {
-  k -n warren-system get pods -l app.kubernetes.io/component=edge \
-    -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}'
+# The node plugin pod of node 1 (edge mode: component edge; standard: component node).
+node1_plugin() {
+  k -n warren-system get pods -l 'app.kubernetes.io/name=warren,app.kubernetes.io/component in (edge,node)' \
+    --field-selector "spec.nodeName=$NODE1" -o "jsonpath={.items[0].status.containerStatuses[?(@.name==\"warren\")].$1}"
 }
-warren_ready() {
-  [[ "$(k -n warren-system get pods -l app.kubernetes.io/component=edge \
-    -o 'jsonpath={.items[0].status.containerStatuses[0].ready}')" == true ]]
-}
+warren_restarts() { node1_plugin restartCount; }
+warren_ready() { [[ "$(node1_plugin ready)" == true ]]; }
 
 s_node_restart() {
   pvc live 1Gi
   pod liver "$NODE1" live "echo $TOKEN >/data/token; sync; sleep 3600"
   wait_until "pod liver running" 120 pod_running liver
   local pid restarts
-  pid="$(warren_pid "$NODE1")" || fail "no warren process for $NODE1"
+  pid="$(warren_pid)" || fail "no warren process for $NODE1"
   restarts="$(warren_restarts)"
   kill -9 "$pid"
   restarted() { (($(warren_restarts) > restarts)) && warren_ready && csinode_has_warren "$NODE1"; }
