@@ -5,12 +5,15 @@
 NS=warren-e2e                       # namespace of every test object
 RESULTS=()                          # "PASS name (12 s)" lines, in order
 FAILED=0
+SKIPPED=0
 
 k() { kubectl "$@"; }
 kn() { kubectl -n "$NS" "$@"; }
 
 # fail MESSAGE: ends the current scenario (scenarios run in a subshell).
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# skip REASON: the scenario cannot run here; said with the reason, not counted as passed.
+skip() { echo "SKIP: $*" >&2; exit 77; }
 
 # wait_until DESC SECONDS CMD...: retries CMD every second until it succeeds.
 wait_until() {
@@ -117,6 +120,9 @@ scenario() {
   rc=${PIPESTATUS[0]}
   if ((rc == 0)); then
     RESULTS+=("PASS  $name ($((SECONDS - t0)) s)")
+  elif ((rc == 77)); then
+    RESULTS+=("SKIP  $name")
+    SKIPPED=$((SKIPPED + 1))
   else
     RESULTS+=("FAIL  $name ($((SECONDS - t0)) s)")
     FAILED=$((FAILED + 1))
@@ -147,5 +153,5 @@ summary() {
   echo "=== e2e summary"
   local r
   for r in "${RESULTS[@]}"; do echo "$r"; done
-  echo "$(( ${#RESULTS[@]} - FAILED )) passed, $FAILED failed"
+  echo "$((${#RESULTS[@]} - FAILED - SKIPPED)) passed, $FAILED failed, $SKIPPED skipped (reasons above)"
 }

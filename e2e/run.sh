@@ -118,8 +118,12 @@ csinode_has_warren() {
 # deploy MODE: Warren from deploy/manifests/MODE.yaml (node DaemonSet split per node, see
 # node2-daemonset.py), and waits until both nodes have registered it with their kubelet.
 deploy() {
-  local mode="$1" objects="$W/warren-$1.json"
-  k apply --dry-run=client -o json -f "$REPO/deploy/manifests/$mode.yaml" |
+  local mode="$1" objects="$W/warren-$1.json" manifest="$REPO/deploy/manifests/$1.yaml"
+  if [[ $mode == standard ]]; then
+    standard_manifest # sets STANDARD_MANIFEST, and NO_RESIZER when there is no resizer
+    manifest="$STANDARD_MANIFEST"
+  fi
+  k apply --dry-run=client -o json -f "$manifest" |
     python3 "$HERE/node2-daemonset.py" "$NODE1" "$NODE2" "$(node_rootdir 2)" "$(warren_state_dir "$NODE2")" \
       >"$objects" || die "transforming the $mode manifests failed"
   k apply -f "$objects" >/dev/null || die "applying the $mode manifests failed"
@@ -142,6 +146,34 @@ deploy() {
     for p in $(k -n warren-system get pods -o name); do k -n warren-system logs "$p" --all-containers --tail=40; done
     die "Warren ($mode mode) did not start on both nodes"
   }
+}
+
+# standard_manifest: STANDARD_MANIFEST=deploy/manifests/standard.yaml, or when a sidecar could not be built
+# here, the chart rendered as render.sh does with that sidecar's chart option off (each
+# said loudly; the scenario that needs a missing sidecar is skipped with the reason).
+standard_manifest() {
+  local sets=() refused="the Go module proxy refuses it here (403), so no image can be built"
+  if [[ -z "$(sidecar_image csi-node-driver-registrar)" ]]; then
+    log "standard mode WITHOUT node-driver-registrar ($refused): node.registration=builtin, Warren registers itself"
+    sets+=(--set node.registration=builtin)
+  fi
+  if [[ -z "$(sidecar_image livenessprobe)" ]]; then
+    log "standard mode WITHOUT livenessprobe ($refused): sidecars.livenessProbe.enabled=false, probes ask Warren's /healthz"
+    sets+=(--set sidecars.livenessProbe.enabled=false)
+  fi
+  if [[ -z "$(sidecar_image csi-resizer)" ]]; then
+    NO_RESIZER="external-resizer (github.com/kubernetes-csi/external-resizer): $refused; the standard mode has no resizer here"
+    log "standard mode WITHOUT csi-resizer: $NO_RESIZER"
+    sets+=(--set sidecars.resizer.enabled=false)
+  fi
+  STANDARD_MANIFEST="$REPO/deploy/manifests/standard.yaml"
+  ((${#sets[@]})) || return 0
+  local helm="${HELM:-$(bash "$REPO/deploy/install-helm.sh")}"
+  "$helm" template warren "$REPO/deploy/helm/warren" --namespace warren-system \
+    --set createNamespace=true --set volumeSnapshotClass.enabled=false \
+    --set mode=standard --set agentToken.existingSecret=warren-agent-token "${sets[@]}" \
+    >"$W/standard.yaml" || die "helm template failed"
+  STANDARD_MANIFEST="$W/standard.yaml"
 }
 
 # undeploy MODE: removes what deploy made and every volume left on the nodes, so the next

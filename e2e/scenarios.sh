@@ -59,6 +59,7 @@ s_wffc_node2() {
 fs_kib() { kn exec "$1" -- df -k /data | awk 'NR == 2 {print $2}'; }
 
 s_online_expansion() {
+  [[ -z ${NO_RESIZER:-} ]] || skip "$NO_RESIZER"
   pvc grow 512Mi warren-xfs
   pod grower "$NODE1" grow "echo $TOKEN >/data/token; sync; sleep 3600"
   wait_until "pod grower running" 120 pod_running grower

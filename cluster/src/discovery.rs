@@ -81,10 +81,10 @@ pub async fn run(
                 tracing::warn!(error = %e, "watching nodes failed; retrying");
                 continue;
             }
+            // A (re)list in progress: the store is whole again at InitDone. (Waiting for
+            // the store here instead would stall it: it only fills while this loop polls.)
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
             Some(Ok(_)) => {}
-        }
-        if store.wait_until_ready().await.is_err() {
-            return Ok(());
         }
         let nodes = store.state();
         let now = agents(nodes.iter().map(|n| n.as_ref()), port);

@@ -194,6 +194,14 @@ pub struct NodeArgs {
     /// Address the storage agent listens on for the controller, HOST:PORT.
     #[arg(long, env = "WARREN_AGENT_LISTEN")]
     pub agent_listen: String,
+    /// Register with the kubelet itself (instead of the node-driver-registrar sidecar),
+    /// telling it the CSI socket is at this path as the kubelet sees it, e.g.
+    /// /var/lib/kubelet/plugins/warren.csi.dev/csi.sock.
+    #[arg(long, env = "WARREN_REGISTER_WITH_KUBELET")]
+    pub register_with_kubelet: Option<PathBuf>,
+    /// The kubelet's plugin registration directory [default: <kubelet-dir>/plugins_registry].
+    #[arg(long, env = "WARREN_REGISTRATION_DIR")]
+    pub registration_dir: Option<PathBuf>,
     /// File holding the shared agent token.
     #[arg(long, env = "WARREN_AGENT_TOKEN_FILE")]
     pub agent_token_file: PathBuf,

@@ -117,6 +117,26 @@ pub async fn run(mode: Mode) -> Result<()> {
                     )),
             );
             tracing::info!(address = %agent_addr, "node agent listening");
+            let registration_task = args.register_with_kubelet.as_ref().map(|csi_socket| {
+                let dir = args
+                    .registration_dir
+                    .clone()
+                    .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry"));
+                let socket =
+                    warren_cluster::registration::socket_path(&dir, warren_cluster::DRIVER);
+                let registration = warren_cluster::registration::PluginRegistration::new(
+                    warren_cluster::DRIVER,
+                    csi_socket,
+                );
+                let stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        warren_cluster::registration::serve(registration, &socket, stop).await
+                    {
+                        tracing::error!(error = %e, "kubelet plugin registration stopped");
+                    }
+                })
+            });
             let node = NodeService::new(
                 store,
                 Arc::new(SystemMounter),
@@ -133,6 +153,10 @@ pub async fn run(mode: Mode) -> Result<()> {
             // The CSI side has had its grace period; the agent's calls are covered by the
             // controller's retries and records.
             agent_task.abort();
+            if let Some(task) = registration_task {
+                // It removes its socket on the stop signal; give it a moment to.
+                let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            }
             served
         }
     }
