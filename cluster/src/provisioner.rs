@@ -256,15 +256,7 @@ async fn provision<C: Controller>(
             // Not enough space here: ask the scheduler for another node, as
             // external-provisioner does, by dropping its choice.
             let message = format!("node {} cannot hold it: {}", ctx.node, status.message());
-            event(
-                ctx,
-                claim,
-                EventType::Warning,
-                "ProvisioningFailed",
-                "Provision",
-                &message,
-            )
-            .await;
+            provisioning_failed(ctx, claim, &message).await;
             let claims: Api<PersistentVolumeClaim> =
                 Api::namespaced(ctx.client.clone(), &namespace);
             let patch = json!({"metadata": {"annotations": {claims::SELECTED_NODE: null}}});
@@ -278,16 +270,7 @@ async fn provision<C: Controller>(
             return Ok(());
         }
         Err(status) => {
-            let message = format!("CreateVolume: {}", status.message());
-            event(
-                ctx,
-                claim,
-                EventType::Warning,
-                "ProvisioningFailed",
-                "Provision",
-                &message,
-            )
-            .await;
+            provisioning_failed(ctx, claim, &format!("CreateVolume: {}", status.message())).await;
             return Err(Error::csi("CreateVolume")(status));
         }
     };
@@ -468,6 +451,18 @@ async fn source_node<C>(
     };
     node.map(Some)
         .map_err(|e| Error::Invalid(format!("data source: {e}")))
+}
+
+async fn provisioning_failed<C>(ctx: &Context<C>, claim: &PersistentVolumeClaim, message: &str) {
+    event(
+        ctx,
+        claim,
+        EventType::Warning,
+        "ProvisioningFailed",
+        "Provision",
+        message,
+    )
+    .await;
 }
 
 /// The CSI source of a clone (the source claim's volume) or restore (the snapshot's

@@ -80,7 +80,9 @@ pub async fn serve(
     socket: &Path,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let listener = bind(socket)?;
+    // Shared with the CSI endpoint: a stale socket is replaced, anything else refused.
+    let listener = warren_core::endpoint::bind_unix(socket)
+        .map_err(|e| Error::Invalid(format!("registration socket: {e}")))?;
     tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
     let served = tonic::transport::Server::builder()
         .add_service(RegistrationServer::new(registration))
@@ -117,25 +119,4 @@ fn filtered_connections(
         };
         Some((next, listener))
     })
-}
-
-/// Binds the socket, replacing a stale socket (never anything else).
-fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(Error::io(format!("remove stale socket {}", path.display())))?,
-        Ok(_) => {
-            return Err(Error::Invalid(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("stat {}", path.display()))(e)),
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-    }
-    tokio::net::UnixListener::bind(path).map_err(Error::io(format!("bind {}", path.display())))
 }
