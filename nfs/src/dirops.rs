@@ -1,0 +1,485 @@
+//! Directory work on an NFS export from user space, for the controller: make a volume's
+//! sub-directory, archive it, remove it, see whether it is there. NFSv3 (MOUNT, then NFS
+//! calls with AUTH_SYS) through `nfs3_client`, which has no timeouts of its own: every
+//! operation runs under `ExportOptions::deadline`, so an unreachable or silent server
+//! fails cleanly instead of hanging a CSI call. Every operation is idempotent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use nfs3_client::nfs3_types::nfs3::{
+    cookieverf3, diropargs3, filename3, ftype3, nfs_fh3, nfsstat3, post_op_attr, post_op_fh3,
+    sattr3, set_mode3, LOOKUP3args, MKDIR3args, Nfs3Result, READDIRPLUS3args, REMOVE3args,
+    RENAME3args, RMDIR3args,
+};
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::Nfs3ConnectionBuilder;
+
+use crate::error::{Error, Result};
+
+type Connection = nfs3_client::Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// For one whole operation, connecting included.
+    pub deadline: Duration,
+    /// Connect from a port below 1024, as Linux's knfsd wants by default (`secure`
+    /// exports); needs root or CAP_NET_BIND_SERVICE.
+    pub privileged_port: bool,
+    /// Ports of the MOUNT and NFS services; None: ask the server's portmapper.
+    pub mount_port: Option<u16>,
+    pub nfs_port: Option<u16>,
+    /// AUTH_SYS identity of the calls.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            deadline: Duration::from_secs(30),
+            privileged_port: true,
+            mount_port: None,
+            nfs_port: None,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// One export of one server.
+#[derive(Debug, Clone)]
+pub struct Export {
+    server: String,
+    share: String,
+    options: ExportOptions,
+}
+
+impl Export {
+    pub fn new(server: &str, share: &str, options: ExportOptions) -> Self {
+        Export {
+            server: server.to_string(),
+            share: share.to_string(),
+            options,
+        }
+    }
+
+    /// `mkdir -p share/sub_dir`; the last directory gets `mode` when given. Already there
+    /// is fine; a file in the way is FailedPrecondition.
+    pub async fn make_dir(&self, sub_dir: &str, mode: Option<u32>) -> Result<()> {
+        self.within_deadline("mkdir", sub_dir, async {
+            let mut s = self.connect().await?;
+            let result = s.make_dir(sub_dir, mode).await;
+            s.close().await;
+            result
+        })
+        .await
+    }
+
+    /// `rm -r share/sub_dir`; already gone is fine.
+    pub async fn remove_dir(&self, sub_dir: &str) -> Result<()> {
+        self.within_deadline("remove", sub_dir, async {
+            let mut s = self.connect().await?;
+            let result = match s.parent_of(sub_dir).await {
+                Ok(Some((parent, name))) => s.remove_tree(&parent, name).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            s.close().await;
+            result
+        })
+        .await
+    }
+
+    /// Renames `share/a/b` to `share/a/archived-b`; returns the new relative path. Already
+    /// archived (the source gone, the archive there) is fine.
+    pub async fn archive_dir(&self, sub_dir: &str) -> Result<String> {
+        let (head, name) = split_last(sub_dir);
+        let archived_name = format!("archived-{name}");
+        self.within_deadline("archive", sub_dir, async {
+            let mut s = self.connect().await?;
+            let result = s.archive(sub_dir, &archived_name).await;
+            s.close().await;
+            result
+        })
+        .await?;
+        Ok(match head {
+            Some(h) => format!("{h}/{archived_name}"),
+            None => archived_name,
+        })
+    }
+
+    /// Whether `share/sub_dir` exists.
+    pub async fn exists(&self, sub_dir: &str) -> Result<bool> {
+        self.within_deadline("lookup", sub_dir, async {
+            let mut s = self.connect().await?;
+            let result = match s.parent_of(sub_dir).await {
+                Ok(Some((parent, name))) => s.lookup(&parent, name).await.map(|h| h.is_some()),
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            };
+            s.close().await;
+            result
+        })
+        .await
+    }
+
+    async fn within_deadline<T>(
+        &self,
+        operation: &str,
+        path: &str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let deadline = self.options.deadline;
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                server: self.server.clone(),
+                operation: format!("{operation} {}", self.join(path)),
+                seconds: deadline.as_secs_f64().ceil() as u64,
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Session> {
+        let credential = opaque_auth::auth_unix(&auth_unix {
+            stamp: 0,
+            machinename: Opaque::borrowed(b"warren"),
+            uid: self.options.uid,
+            gid: self.options.gid,
+            gids: vec![],
+        });
+        let mut builder = Nfs3ConnectionBuilder::new(TokioConnector, &self.server, &self.share)
+            .connect_from_privileged_port(self.options.privileged_port)
+            .credential(credential);
+        if let Some(port) = self.options.mount_port {
+            builder = builder.mount_port(port);
+        }
+        if let Some(port) = self.options.nfs_port {
+            builder = builder.nfs3_port(port);
+        }
+        let connection = builder.mount().await.map_err(|e| Error::Unreachable {
+            server: self.server.clone(),
+            message: format!("mounting {}: {e}", self.share),
+        })?;
+        let root = connection.root_nfs_fh3();
+        Ok(Session {
+            connection,
+            root,
+            server: self.server.clone(),
+            share: self.share.clone(),
+        })
+    }
+
+    fn join(&self, sub_dir: &str) -> String {
+        format!(
+            "{}:{}/{sub_dir}",
+            self.server,
+            self.share.trim_end_matches('/')
+        )
+    }
+}
+
+/// One mounted export during one operation.
+struct Session {
+    connection: Connection,
+    root: nfs_fh3,
+    server: String,
+    share: String,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+
+impl Session {
+    /// Unmounting only tells the server's MOUNT service; a failure changes nothing.
+    async fn close(self) {
+        let _ = self.connection.unmount().await;
+    }
+
+    async fn make_dir(&mut self, sub_dir: &str, mode: Option<u32>) -> Result<()> {
+        let parts: Vec<&str> = sub_dir.split('/').collect();
+        let mut dir = self.root.clone();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            dir = self
+                .mkdir(&dir, part, if last { mode } else { None })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn archive(&mut self, sub_dir: &str, archived_name: &str) -> Result<()> {
+        let Some((parent, name)) = self.parent_of(sub_dir).await? else {
+            return Err(self.status("archive", sub_dir, nfsstat3::NFS3ERR_NOENT));
+        };
+        if self.lookup(&parent, name).await?.is_some() {
+            return self.rename(&parent, name, archived_name).await;
+        }
+        match self.lookup(&parent, archived_name).await? {
+            Some(_) => Ok(()),
+            None => Err(self.status("archive", sub_dir, nfsstat3::NFS3ERR_NOENT)),
+        }
+    }
+
+    fn status(&self, operation: &str, path: &str, status: nfsstat3) -> Error {
+        Error::Status {
+            server: self.server.clone(),
+            operation: operation.to_string(),
+            path: format!("{}/{path}", self.share.trim_end_matches('/')),
+            status: format!("{status:?}"),
+        }
+    }
+
+    fn rpc(&self, operation: &str, e: impl std::fmt::Display) -> Error {
+        Error::Unreachable {
+            server: self.server.clone(),
+            message: format!("{operation}: {e}"),
+        }
+    }
+
+    /// The handle of `sub_dir`'s parent and `sub_dir`'s last name; None when a parent
+    /// directory is missing.
+    async fn parent_of<'p>(&mut self, sub_dir: &'p str) -> Result<Option<(nfs_fh3, &'p str)>> {
+        let (head, name) = split_last(sub_dir);
+        let mut dir = self.root.clone();
+        if let Some(head) = head {
+            for part in head.split('/') {
+                match self.lookup(&dir, part).await? {
+                    Some(next) => dir = next,
+                    None => return Ok(None),
+                }
+            }
+        }
+        Ok(Some((dir, name)))
+    }
+
+    async fn lookup(&mut self, dir: &nfs_fh3, name: &str) -> Result<Option<nfs_fh3>> {
+        let args = LOOKUP3args {
+            what: where_(dir, name),
+        };
+        match self
+            .connection
+            .lookup(&args)
+            .await
+            .map_err(|e| self.rpc("lookup", e))?
+        {
+            Nfs3Result::Ok(ok) => Ok(Some(ok.object)),
+            Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(None),
+            Nfs3Result::Err((status, _)) => Err(self.status("lookup", name, status)),
+        }
+    }
+
+    async fn mkdir(&mut self, dir: &nfs_fh3, name: &str, mode: Option<u32>) -> Result<nfs_fh3> {
+        let args = MKDIR3args {
+            where_: where_(dir, name),
+            attributes: sattr3 {
+                mode: mode.map_or(set_mode3::None, set_mode3::Some),
+                ..Default::default()
+            },
+        };
+        match self
+            .connection
+            .mkdir(&args)
+            .await
+            .map_err(|e| self.rpc("mkdir", e))?
+        {
+            Nfs3Result::Ok(ok) => match ok.obj {
+                post_op_fh3::Some(handle) => Ok(handle),
+                post_op_fh3::None => self.existing_dir(dir, name).await,
+            },
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => self.existing_dir(dir, name).await,
+            Nfs3Result::Err((status, _)) => Err(self.status("mkdir", name, status)),
+        }
+    }
+
+    /// The handle of an existing entry that must be a directory.
+    async fn existing_dir(&mut self, dir: &nfs_fh3, name: &str) -> Result<nfs_fh3> {
+        let handle = self
+            .lookup(dir, name)
+            .await?
+            .ok_or_else(|| self.status("mkdir", name, nfsstat3::NFS3ERR_NOENT))?;
+        let attrs = self
+            .connection
+            .getattr(&nfs3_client::nfs3_types::nfs3::GETATTR3args {
+                object: handle.clone(),
+            })
+            .await
+            .map_err(|e| self.rpc("getattr", e))?;
+        match attrs {
+            Nfs3Result::Ok(ok) if ok.obj_attributes.type_ == ftype3::NF3DIR => Ok(handle),
+            Nfs3Result::Ok(_) => Err(self.status("mkdir", name, nfsstat3::NFS3ERR_NOTDIR)),
+            Nfs3Result::Err((status, _)) => Err(self.status("getattr", name, status)),
+        }
+    }
+
+    async fn rename(&mut self, dir: &nfs_fh3, from: &str, to: &str) -> Result<()> {
+        let args = RENAME3args {
+            from: where_(dir, from),
+            to: where_(dir, to),
+        };
+        match self
+            .connection
+            .rename(&args)
+            .await
+            .map_err(|e| self.rpc("rename", e))?
+        {
+            Nfs3Result::Ok(_) => Ok(()),
+            Nfs3Result::Err((status, _)) => Err(self.status("rename", from, status)),
+        }
+    }
+
+    /// (name, is a directory) of every entry of `dir` but `.` and `..`.
+    async fn entries(&mut self, dir: &nfs_fh3) -> Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        let mut cookie = 0u64;
+        let mut verifier = cookieverf3::default();
+        loop {
+            let args = READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf: verifier,
+                dircount: 8192,
+                maxcount: 65536,
+            };
+            let reply = match self
+                .connection
+                .readdirplus(&args)
+                .await
+                .map_err(|e| self.rpc("readdirplus", e))?
+            {
+                Nfs3Result::Ok(ok) => ok,
+                Nfs3Result::Err((status, _)) => return Err(self.status("readdir", "", status)),
+            };
+            let entries = reply.reply.entries.into_inner();
+            for entry in &entries {
+                let name = String::from_utf8_lossy(&entry.name.0).into_owned();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let is_dir = matches!(&entry.name_attributes,
+                    post_op_attr::Some(a) if a.type_ == ftype3::NF3DIR);
+                out.push((name, is_dir));
+            }
+            if reply.reply.eof {
+                return Ok(out);
+            }
+            let Some(last) = entries.last() else {
+                return Ok(out);
+            };
+            cookie = last.cookie;
+            verifier = reply.cookieverf;
+        }
+    }
+
+    /// Depth first: a directory's entries, then the directory.
+    fn remove_tree<'a>(&'a mut self, parent: &'a nfs_fh3, name: &'a str) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            let Some(dir) = self.lookup(parent, name).await? else {
+                return Ok(());
+            };
+            for (child, is_dir) in self.entries(&dir).await? {
+                if is_dir {
+                    self.remove_tree(&dir, &child).await?;
+                } else {
+                    let args = REMOVE3args {
+                        object: where_(&dir, &child),
+                    };
+                    match self
+                        .connection
+                        .remove(&args)
+                        .await
+                        .map_err(|e| self.rpc("remove", e))?
+                    {
+                        Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => {}
+                        Nfs3Result::Err((status, _)) => {
+                            return Err(self.status("remove", &child, status))
+                        }
+                    }
+                }
+            }
+            let args = RMDIR3args {
+                object: where_(parent, name),
+            };
+            match self
+                .connection
+                .rmdir(&args)
+                .await
+                .map_err(|e| self.rpc("rmdir", e))?
+            {
+                Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(()),
+                Nfs3Result::Err((status, _)) => Err(self.status("rmdir", name, status)),
+            }
+        })
+    }
+}
+
+fn where_(dir: &nfs_fh3, name: &str) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+    }
+}
+
+/// ("a/b", "c") for "a/b/c"; (None, "c") for "c".
+fn split_last(path: &str) -> (Option<&str>, &str) {
+    match path.rsplit_once('/') {
+        Some((head, last)) => (Some(head), last),
+        None => (None, path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_last_names_the_parent() {
+        assert_eq!(split_last("a/b/c"), (Some("a/b"), "c"));
+        assert_eq!(split_last("c"), (None, "c"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_and_a_closed_port_is_unreachable() {
+        // A listener that accepts and never answers: the deadline ends the operation.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let options = ExportOptions {
+            deadline: Duration::from_millis(300),
+            privileged_port: false,
+            mount_port: Some(port),
+            nfs_port: Some(port),
+            ..Default::default()
+        };
+        let silent = Export::new("127.0.0.1", "/x", options.clone());
+        let err = silent.make_dir("pvc-1", None).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+
+        // A port nobody listens on: refused at once.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = free.local_addr().unwrap().port();
+        drop(free);
+        let closed = Export::new(
+            "127.0.0.1",
+            "/x",
+            ExportOptions {
+                mount_port: Some(closed_port),
+                nfs_port: Some(closed_port),
+                deadline: Duration::from_secs(5),
+                ..options
+            },
+        );
+        let err = closed.exists("pvc-1").await.unwrap_err();
+        assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+}

@@ -1,0 +1,68 @@
+//! The NFS backend's error type, with the CSI code each case maps to.
+
+use tonic::Code;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A StorageClass parameter or a name is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The server could not be reached, refused the connection, or the export's mount
+    /// failed.
+    #[error("NFS server {server}: {message}")]
+    Unreachable { server: String, message: String },
+    /// The server did not answer within the deadline.
+    #[error("NFS server {server}: no answer within {seconds} s to {operation}")]
+    Timeout {
+        server: String,
+        operation: String,
+        seconds: u64,
+    },
+    /// The server answered with an NFS error status.
+    #[error("NFS server {server}: {operation} {path}: {status}")]
+    Status {
+        server: String,
+        operation: String,
+        path: String,
+        status: String,
+    },
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unreachable { .. } => Code::Unavailable,
+            Error::Timeout { .. } => Code::DeadlineExceeded,
+            Error::Status { status, .. } => match status.as_str() {
+                "NFS3ERR_NOENT" => Code::NotFound,
+                "NFS3ERR_PERM" | "NFS3ERR_ACCES" | "NFS3ERR_ROFS" => Code::PermissionDenied,
+                "NFS3ERR_NOSPC" | "NFS3ERR_DQUOT" => Code::ResourceExhausted,
+                "NFS3ERR_STALE" | "NFS3ERR_JUKEBOX" | "NFS3ERR_IO" => Code::Unavailable,
+                "NFS3ERR_NOTDIR" | "NFS3ERR_EXIST" | "NFS3ERR_NOTEMPTY" => Code::FailedPrecondition,
+                _ => Code::Internal,
+            },
+        }
+    }
+}
+
+/// Into the core error (already a CSI status) for the controller's handlers.
+impl From<Error> for warren_core::Error {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e.code() {
+            Code::InvalidArgument => warren_core::Error::InvalidArgument(message),
+            Code::NotFound => warren_core::Error::NotFound(message),
+            Code::FailedPrecondition | Code::PermissionDenied => {
+                // The spec has no PERMISSION_DENIED for CreateVolume; an export that
+                // refuses Warren is a precondition the administrator must fix.
+                warren_core::Error::FailedPrecondition(message)
+            }
+            Code::ResourceExhausted => warren_core::Error::ResourceExhausted(message),
+            Code::Unavailable | Code::DeadlineExceeded => warren_core::Error::Unavailable(message),
+            _ => warren_core::Error::Internal(message),
+        }
+    }
+}
