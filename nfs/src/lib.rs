@@ -5,12 +5,16 @@
 //! - `dirops`: what the controller does on the server — make, archive, remove and look at
 //!   sub-directories — speaking NFSv3 from user space (`nfs3_client`), every call under a
 //!   deadline, so the controller needs neither a kernel mount nor privilege.
+//! - `mount_options`: what the node hands mount(2) (no mount.nfs in the image): the
+//!   kernel's text options with the server's address, version, and the StorageClass's
+//!   checked `mountOptions`.
 //!
 //! Not wired into the CSI services yet: `backend: nfs` is still refused by
 //! `warren_core::params` until the controller and node sides exist.
 
 pub mod dirops;
 pub mod error;
+pub mod mount_options;
 pub mod params;
 
 pub use error::{Error, Result};
