@@ -1,0 +1,190 @@
+//! A real NFS server for the tests: NFS-Ganesha (Debian's nfs-ganesha + nfs-ganesha-vfs)
+//! exporting a temporary directory, run as root in its own network namespace (it listens
+//! on every address it has; the namespace keeps it off the host's).
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warren_nfs::dirops::{Export, ExportOptions};
+
+pub const NFS_PORT: u16 = 20490;
+pub const MOUNT_PORT: u16 = 20048;
+
+/// Says why a test cannot run here; panics instead when WARREN_REQUIRE_GANESHA=1.
+pub fn missing(what: &str) -> bool {
+    if std::env::var("WARREN_REQUIRE_GANESHA").as_deref() == Ok("1") {
+        panic!("WARREN_REQUIRE_GANESHA=1 but {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+    true
+}
+
+pub fn found(program: &str) -> bool {
+    ["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(program).exists())
+}
+
+/// A network namespace with Ganesha (and rpcbind, which it registers with) in it.
+pub struct Server {
+    pub netns: String,
+    ganesha: Child,
+    rpcbind: Child,
+    pub export: tempfile::TempDir,
+    _work: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let netns = format!("wrn-nfs-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().map(|s| s.success());
+            assert!(matches!(ok, Ok(true)), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &netns]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        // Ganesha finds no address for 127.0.0.1 (getaddrinfo with AI_ADDRCONFIG) when
+        // loopback is the only address there is.
+        ip(&["-n", &netns, "addr", "add", "127.0.0.2/8", "dev", "lo"]);
+        // Not /tmp: Ganesha's VFS layer needs file handles (name_to_handle_at) of a real
+        // file system.
+        let export = tempfile::tempdir_in("/var/tmp").unwrap();
+        let work = tempfile::tempdir_in("/var/tmp").unwrap();
+        let config = work.path().join("ganesha.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "NFS_CORE_PARAM {{ NFS_Port = {NFS_PORT}; MNT_Port = {MOUNT_PORT}; \
+                 Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+                 NFSv4 {{ Graceless = true; RecoveryRoot = {recovery}; Only_Numeric_Owners = true; }}\n\
+                 EXPORT_DEFAULTS {{ Access_Type = RW; Squash = No_Root_Squash; SecType = sys; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {export}; Pseudo = /export; Protocols = 3, 4; \
+                 Transports = TCP; FSAL {{ Name = VFS; }} }}\n",
+                recovery = work.path().join("recovery").display(),
+                export = export.path().display(),
+            ),
+        )
+        .unwrap();
+        let in_netns = |program: &str| {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &netns, program]);
+            c
+        };
+        let rpcbind = in_netns("rpcbind")
+            .args(["-f", "-w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rpcbind");
+        let ganesha = in_netns("ganesha.nfsd")
+            .arg("-F")
+            .arg("-f")
+            .arg(&config)
+            .arg("-L")
+            .arg(work.path().join("ganesha.log"))
+            .arg("-p")
+            .arg(work.path().join("ganesha.pid"))
+            .args(["-N", "NIV_EVENT"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ganesha.nfsd");
+        Server {
+            netns,
+            ganesha,
+            rpcbind,
+            export,
+            _work: work,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._work.path().join("ganesha.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.export.path().join(relative)
+    }
+
+    /// Runs `work` on a thread inside the server's network namespace.
+    pub fn client<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let netns = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&netns).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            work()
+        })
+        .join()
+        .expect("client thread")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.ganesha.kill();
+        let _ = self.ganesha.wait();
+        let _ = self.rpcbind.kill();
+        let _ = self.rpcbind.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Whether this machine can run Ganesha for a test (root, ganesha.nfsd, rpcbind); says why
+/// not otherwise.
+pub fn can_run() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        return !missing("needs root (network namespace, Ganesha)");
+    }
+    if !found("ganesha.nfsd") || !found("rpcbind") {
+        return !missing(
+            "ganesha.nfsd or rpcbind not installed (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind)",
+        );
+    }
+    true
+}
+
+/// Client options for the test server's fixed ports.
+pub fn options() -> ExportOptions {
+    ExportOptions {
+        deadline: Duration::from_secs(20),
+        privileged_port: true,
+        mount_port: Some(MOUNT_PORT),
+        nfs_port: Some(NFS_PORT),
+        ..Default::default()
+    }
+}
+
+impl Server {
+    /// Waits until the MOUNT service answers (Ganesha takes a moment to start exports).
+    pub fn wait_ready(&self) {
+        let share = self.export.path().display().to_string();
+        let ready = self.client(move || {
+            let export = Export::new("127.0.0.1", &share, options());
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if block_on(export.exists("probe")).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        });
+        assert!(
+            ready,
+            "Ganesha did not serve the export within 30 s; its log:\n{}",
+            self.log()
+        );
+    }
+}
