@@ -9,9 +9,11 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use nfs3_client::nfs3_types::nfs3::{
-    cookieverf3, diropargs3, filename3, ftype3, nfs_fh3, nfsstat3, post_op_attr, post_op_fh3,
-    sattr3, set_mode3, LOOKUP3args, MKDIR3args, Nfs3Result, READDIRPLUS3args, REMOVE3args,
-    RENAME3args, RMDIR3args,
+    cookieverf3, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3,
+    post_op_attr, post_op_fh3, sattr3, sattrguard3, set_gid3, set_mode3, set_mtime, set_uid3,
+    stable_how, symlinkdata3, COMMIT3args, CREATE3args, GETATTR3args, LOOKUP3args, MKDIR3args,
+    Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args, REMOVE3args, RENAME3args, RMDIR3args,
+    SETATTR3args, SYMLINK3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -26,6 +28,8 @@ type Connection = nfs3_client::Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
 pub struct ExportOptions {
     /// For one whole operation, connecting included.
     pub deadline: Duration,
+    /// For one whole `copy_dir` (snapshots, restores, clones copy through the client).
+    pub copy_deadline: Duration,
     /// Connect from a port below 1024, as Linux's knfsd wants by default (`secure`
     /// exports); needs root or CAP_NET_BIND_SERVICE.
     pub privileged_port: bool,
@@ -41,6 +45,7 @@ impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
             deadline: Duration::from_secs(30),
+            copy_deadline: Duration::from_secs(300),
             privileged_port: true,
             mount_port: None,
             nfs_port: None,
@@ -110,6 +115,30 @@ impl Export {
             Some(h) => format!("{h}/{archived_name}"),
             None => archived_name,
         })
+    }
+
+    /// Copies `share/from` to `share/to` (a snapshot, a restore, a clone) through the
+    /// server. The copy is made as `.<name>.partial` beside `to` and renamed into place
+    /// when whole, so a crash or a deadline never leaves a half copy under `to`; a retry
+    /// starts the copy again. `to` already there is fine. Files keep their mode, owner
+    /// and modification time, symbolic links are copied as links; devices, FIFOs and
+    /// sockets are refused.
+    pub async fn copy_dir(&self, from: &str, to: &str) -> Result<()> {
+        let deadline = self.options.copy_deadline;
+        let work = async {
+            let mut s = self.connect().await?;
+            let result = s.copy(from, to).await;
+            s.close().await;
+            result
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                server: self.server.clone(),
+                operation: format!("copy {} to {to}", self.join(from)),
+                seconds: deadline.as_secs(),
+            }),
+        }
     }
 
     /// Whether `share/sub_dir` exists.
@@ -191,6 +220,9 @@ struct Session {
     share: String,
 }
 
+/// Bytes per READ while copying (servers may answer with less).
+const COPY_CHUNK: u32 = 1 << 20;
+
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
 
 impl Session {
@@ -209,6 +241,250 @@ impl Session {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn copy(&mut self, from: &str, to: &str) -> Result<()> {
+        let Some((src_parent, src_name)) = self.parent_of(from).await? else {
+            return Err(self.status("copy", from, nfsstat3::NFS3ERR_NOENT));
+        };
+        let source = self
+            .lookup(&src_parent, src_name)
+            .await?
+            .ok_or_else(|| self.status("copy", from, nfsstat3::NFS3ERR_NOENT))?;
+        let (head, name) = split_last(to);
+        if let Some(head) = head {
+            self.make_dir(head, None).await?;
+        }
+        let parent = self
+            .parent_of(to)
+            .await?
+            .ok_or_else(|| self.status("copy", to, nfsstat3::NFS3ERR_NOENT))?
+            .0;
+        if self.lookup(&parent, name).await?.is_some() {
+            return Ok(());
+        }
+        let partial = format!(".{name}.partial");
+        self.remove_tree(&parent, &partial).await?;
+        let attrs = self.attributes(&source, from).await?;
+        self.copy_tree(&source, &attrs, &parent, &partial).await?;
+        self.rename(&parent, &partial, name).await
+    }
+
+    async fn attributes(&mut self, handle: &nfs_fh3, name: &str) -> Result<fattr3> {
+        let args = GETATTR3args {
+            object: handle.clone(),
+        };
+        match self
+            .connection
+            .getattr(&args)
+            .await
+            .map_err(|e| self.rpc("getattr", e))?
+        {
+            Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
+            Nfs3Result::Err((status, _)) => Err(self.status("getattr", name, status)),
+        }
+    }
+
+    /// Copies the directory `source` (attributes `attrs`) to `parent/name`.
+    fn copy_tree<'a>(
+        &'a mut self,
+        source: &'a nfs_fh3,
+        attrs: &'a fattr3,
+        parent: &'a nfs_fh3,
+        name: &'a str,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            let target = self.mkdir(parent, name, Some(attrs.mode)).await?;
+            for (child, _) in self.entries(source).await? {
+                let handle = self
+                    .lookup(source, &child)
+                    .await?
+                    .ok_or_else(|| self.status("copy", &child, nfsstat3::NFS3ERR_NOENT))?;
+                let child_attrs = self.attributes(&handle, &child).await?;
+                match child_attrs.type_ {
+                    ftype3::NF3DIR => {
+                        self.copy_tree(&handle, &child_attrs, &target, &child)
+                            .await?
+                    }
+                    ftype3::NF3REG => {
+                        self.copy_file(&handle, &child_attrs, &target, &child)
+                            .await?
+                    }
+                    ftype3::NF3LNK => {
+                        self.copy_link(&handle, &child_attrs, &target, &child)
+                            .await?
+                    }
+                    other => {
+                        return Err(Error::Unsupported {
+                            server: self.server.clone(),
+                            message: format!("{child}: a {other:?} cannot be copied"),
+                        })
+                    }
+                }
+            }
+            // Last, so copying the entries does not change it again.
+            self.keep_attributes(&target, attrs, name).await
+        })
+    }
+
+    async fn copy_file(
+        &mut self,
+        source: &nfs_fh3,
+        attrs: &fattr3,
+        dir: &nfs_fh3,
+        name: &str,
+    ) -> Result<()> {
+        let args = CREATE3args {
+            where_: where_(dir, name),
+            how: createhow3::GUARDED(sattr3 {
+                mode: set_mode3::Some(attrs.mode),
+                ..Default::default()
+            }),
+        };
+        let created = self
+            .connection
+            .create(&args)
+            .await
+            .map_err(|e| self.rpc("create", e))?;
+        let target = match created {
+            Nfs3Result::Ok(ok) => match ok.obj {
+                post_op_fh3::Some(handle) => handle,
+                post_op_fh3::None => self
+                    .lookup(dir, name)
+                    .await?
+                    .ok_or_else(|| self.status("create", name, nfsstat3::NFS3ERR_NOENT))?,
+            },
+            Nfs3Result::Err((status, _)) => return Err(self.status("create", name, status)),
+        };
+        let mut offset = 0u64;
+        loop {
+            let args = READ3args {
+                file: source.clone(),
+                offset,
+                count: COPY_CHUNK,
+            };
+            let read = match self
+                .connection
+                .read(&args)
+                .await
+                .map_err(|e| self.rpc("read", e))?
+            {
+                Nfs3Result::Ok(ok) => ok,
+                Nfs3Result::Err((status, _)) => return Err(self.status("read", name, status)),
+            };
+            let data: &[u8] = read.data.as_ref();
+            let mut written = 0usize;
+            while written < data.len() {
+                let args = WRITE3args {
+                    file: target.clone(),
+                    offset: offset + written as u64,
+                    count: (data.len() - written) as u32,
+                    stable: stable_how::UNSTABLE,
+                    data: Opaque::borrowed(&data[written..]),
+                };
+                match self
+                    .connection
+                    .write(&args)
+                    .await
+                    .map_err(|e| self.rpc("write", e))?
+                {
+                    Nfs3Result::Ok(ok) if ok.count > 0 => written += ok.count as usize,
+                    Nfs3Result::Ok(_) => {
+                        return Err(self.status("write", name, nfsstat3::NFS3ERR_IO))
+                    }
+                    Nfs3Result::Err((status, _)) => return Err(self.status("write", name, status)),
+                }
+            }
+            offset += data.len() as u64;
+            if read.eof || data.is_empty() {
+                break;
+            }
+        }
+        // One COMMIT makes the whole file durable on the server before the copy counts.
+        let args = COMMIT3args {
+            file: target.clone(),
+            offset: 0,
+            count: 0,
+        };
+        match self
+            .connection
+            .commit(&args)
+            .await
+            .map_err(|e| self.rpc("commit", e))?
+        {
+            Nfs3Result::Ok(_) => {}
+            Nfs3Result::Err((status, _)) => return Err(self.status("commit", name, status)),
+        }
+        self.keep_attributes(&target, attrs, name).await
+    }
+
+    async fn copy_link(
+        &mut self,
+        source: &nfs_fh3,
+        attrs: &fattr3,
+        dir: &nfs_fh3,
+        name: &str,
+    ) -> Result<()> {
+        let args = READLINK3args {
+            symlink: source.clone(),
+        };
+        let link = match self
+            .connection
+            .readlink(&args)
+            .await
+            .map_err(|e| self.rpc("readlink", e))?
+        {
+            Nfs3Result::Ok(ok) => ok.data.0.as_ref().to_vec(),
+            Nfs3Result::Err((status, _)) => return Err(self.status("readlink", name, status)),
+        };
+        let args = SYMLINK3args {
+            where_: where_(dir, name),
+            symlink: symlinkdata3 {
+                symlink_attributes: sattr3 {
+                    mode: set_mode3::Some(attrs.mode),
+                    ..Default::default()
+                },
+                symlink_data: nfspath3(Opaque::owned(link)),
+            },
+        };
+        match self
+            .connection
+            .symlink(&args)
+            .await
+            .map_err(|e| self.rpc("symlink", e))?
+        {
+            Nfs3Result::Ok(_) => Ok(()),
+            Nfs3Result::Err((status, _)) => Err(self.status("symlink", name, status)),
+        }
+    }
+
+    /// Mode, owner and modification time of the original.
+    async fn keep_attributes(
+        &mut self,
+        handle: &nfs_fh3,
+        attrs: &fattr3,
+        name: &str,
+    ) -> Result<()> {
+        let args = SETATTR3args {
+            object: handle.clone(),
+            new_attributes: sattr3 {
+                mode: set_mode3::Some(attrs.mode),
+                uid: set_uid3::Some(attrs.uid),
+                gid: set_gid3::Some(attrs.gid),
+                mtime: set_mtime::SET_TO_CLIENT_TIME(attrs.mtime),
+                ..Default::default()
+            },
+            guard: sattrguard3::None,
+        };
+        match self
+            .connection
+            .setattr(&args)
+            .await
+            .map_err(|e| self.rpc("setattr", e))?
+        {
+            Nfs3Result::Ok(_) => Ok(()),
+            Nfs3Result::Err((status, _)) => Err(self.status("setattr", name, status)),
+        }
     }
 
     async fn archive(&mut self, sub_dir: &str, archived_name: &str) -> Result<()> {
@@ -303,7 +579,7 @@ impl Session {
             .ok_or_else(|| self.status("mkdir", name, nfsstat3::NFS3ERR_NOENT))?;
         let attrs = self
             .connection
-            .getattr(&nfs3_client::nfs3_types::nfs3::GETATTR3args {
+            .getattr(&GETATTR3args {
                 object: handle.clone(),
             })
             .await

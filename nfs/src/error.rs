@@ -20,6 +20,9 @@ pub enum Error {
         operation: String,
         seconds: u64,
     },
+    /// Something on the server Warren will not handle (a device node in a tree to copy).
+    #[error("NFS server {server}: {message}")]
+    Unsupported { server: String, message: String },
     /// The server answered with an NFS error status.
     #[error("NFS server {server}: {operation} {path}: {status}")]
     Status {
@@ -36,6 +39,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Unreachable { .. } => Code::Unavailable,
             Error::Timeout { .. } => Code::DeadlineExceeded,
+            Error::Unsupported { .. } => Code::FailedPrecondition,
             Error::Status { status, .. } => match status.as_str() {
                 "NFS3ERR_NOENT" => Code::NotFound,
                 "NFS3ERR_PERM" | "NFS3ERR_ACCES" | "NFS3ERR_ROFS" => Code::PermissionDenied,
