@@ -20,6 +20,13 @@ pub enum Error {
         operation: String,
         seconds: u64,
     },
+    /// mount(2) or umount(2) failed.
+    #[error("{what} at {target}: {errno}")]
+    Mount {
+        target: String,
+        what: String,
+        errno: nix::errno::Errno,
+    },
     /// Something on the server Warren will not handle (a device node in a tree to copy).
     #[error("NFS server {server}: {message}")]
     Unsupported { server: String, message: String },
@@ -40,6 +47,18 @@ impl Error {
             Error::Unreachable { .. } => Code::Unavailable,
             Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::Unsupported { .. } => Code::FailedPrecondition,
+            Error::Mount { errno, .. } => {
+                use nix::errno::Errno::*;
+                match errno {
+                    ECONNREFUSED | EHOSTUNREACH | ENETUNREACH | ETIMEDOUT | EIO | ESTALE => {
+                        Code::Unavailable
+                    }
+                    EACCES | EPERM => Code::PermissionDenied,
+                    ENOENT => Code::NotFound,
+                    EBUSY => Code::FailedPrecondition,
+                    _ => Code::Internal,
+                }
+            }
             Error::Status { status, .. } => match status.as_str() {
                 "NFS3ERR_NOENT" => Code::NotFound,
                 "NFS3ERR_PERM" | "NFS3ERR_ACCES" | "NFS3ERR_ROFS" => Code::PermissionDenied,

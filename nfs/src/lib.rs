@@ -8,12 +8,15 @@
 //! - `mount_options`: what the node hands mount(2) (no mount.nfs in the image): the
 //!   kernel's text options with the server's address, version, and the StorageClass's
 //!   checked `mountOptions`.
+//! - `mount`: the node's mount and unmount, under deadlines, never leaving a half-done
+//!   mount behind and never hanging on a server that is gone.
 //!
 //! Not wired into the CSI services yet: `backend: nfs` is still refused by
 //! `warren_core::params` until the controller and node sides exist.
 
 pub mod dirops;
 pub mod error;
+pub mod mount;
 pub mod mount_options;
 pub mod params;
 

@@ -1,8 +1,13 @@
 //! The node's NFS mounts with a real kernel client: this host's kernel has no NFS client,
 //! so a QEMU/TCG guest of the kernel lab (lab/run-guest.sh, Debian's 6.1 kernel with the
-//! nfs modules) mounts NFS-Ganesha (see `common`) with exactly the source and options
-//! `mount_options::mount_request` builds, over NFSv3 and NFSv4.1, writes through each
-//! mount, and unmounts; the host then reads what the guest wrote on the export itself.
+//! nfs modules) runs the `mount_check` example, which mounts through `warren_nfs::mount`
+//! with exactly the source and options `mount_options::mount_request` builds:
+//! - NFS-Ganesha (see `common`) over NFSv3 and NFSv4.1: mounted, written, unmounted
+//!   cleanly; the host then reads what the guest wrote on the export itself;
+//! - a server that accepts connections and never answers: the mount gives up at its
+//!   deadline and leaves no mount behind;
+//! - a port where nothing listens: refused at once, UNAVAILABLE, no mount left.
+//!
 //! The whole guest runs inside Ganesha's network namespace, so the guest's gateway
 //! 10.0.2.2 is that namespace's loopback.
 //!
@@ -103,29 +108,52 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
     )
     .unwrap();
 
-    let script = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        script.path(),
-        format!(
-            "set -e\n\
-             mkdir -p /m3 /m41\n\
-             mount -t {fs} -o '{d3}' '{s3}' /m3\n\
-             echo written-over-v3 > /m3/file\n\
-             grep -q ' /m3 nfs ' /proc/mounts\n\
-             umount /m3\n\
-             mount -t {fs} -o '{d41}' '{s41}' /m41\n\
-             echo written-over-v4.1 > /m41/file\n\
-             grep ' /m41 nfs4 ' /proc/mounts\n\
-             umount /m41\n\
-             echo NFS-MOUNTS-DONE\n",
-            fs = v3.fs_type,
-            d3 = v3.data,
-            s3 = v3.source,
-            d41 = v41.data,
-            s41 = v41.source,
-        ),
+    // A server that accepts and never answers, and a port where nothing listens.
+    let silent_port = 20999u16;
+    let netns = format!("/run/netns/{}", server.netns);
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = std::net::TcpListener::bind(("0.0.0.0", silent_port)).unwrap();
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept() {
+            held.push(conn);
+        }
+    });
+    let silent = mount_request(
+        &params("/export", "x", NfsVersion::V4_1),
+        gateway,
+        &[format!("port={silent_port}"), "hard".into()],
+        false,
     )
     .unwrap();
+    let refused = mount_request(
+        &params("/export", "x", NfsVersion::V4_1),
+        gateway,
+        &["port=20998".into(), "soft".into(), "retrans=1".into()],
+        false,
+    )
+    .unwrap();
+
+    let binary = mount_check();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    let run = |name: &str, expect: &str, r: &warren_nfs::mount_options::MountRequest, ms: u32| {
+        format!(
+            "/opt/mc/mount_check {name} {expect} '{}' '{}' {ms} || rc=1\n",
+            r.source, r.data
+        )
+    };
+    let text = format!(
+        "rc=0\n{}{}{}{}\
+         grep ' nfs' /proc/mounts && rc=1\n\
+         echo NFS-MOUNTS-DONE rc=$rc\n\
+         exit $rc\n",
+        run("v3", "ok", &v3, 20_000),
+        run("v41", "ok", &v41, 20_000),
+        run("silent-server", "timeout", &silent, 3_000),
+        run("nothing-listening", "refused", &refused, 20_000),
+    );
+    std::fs::write(script.path(), text).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();
     let status = Command::new("ip")
@@ -139,6 +167,8 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
             "--modules",
             "nfs nfsv3 nfsv4",
         ])
+        .arg("--copy")
+        .arg(format!("{}:/opt/mc/mount_check", binary.display()))
         .arg("--script")
         .arg(script.path())
         .args(["--timeout", "300"])
@@ -146,19 +176,48 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
         .arg(log.path())
         .status()
         .expect("run-guest.sh");
-    let console = std::fs::read_to_string(log.path()).unwrap_or_default();
-    eprintln!("kernel_mount: guest ran {:.0?}", started.elapsed());
+    let console = std::fs::read_to_string(log.path())
+        .unwrap_or_default()
+        .replace('\r', "");
+    let results: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL "))
+        .collect();
+    eprintln!(
+        "kernel_mount: guest ran {:.0?}:\n  {}",
+        started.elapsed(),
+        results.join("\n  ")
+    );
     assert!(
-        status.success() && console.contains("NFS-MOUNTS-DONE"),
+        status.success() && console.contains("NFS-MOUNTS-DONE rc=0"),
         "guest failed ({status}); v3 {v3:?}; v4.1 {v41:?}; console:\n{console}\nGanesha:\n{}",
         server.log()
     );
-    assert_eq!(
-        std::fs::read_to_string(server.path("pvc-v3/file")).unwrap(),
-        "written-over-v3\n"
+    assert_eq!(results.iter().filter(|l| l.starts_with("PASS ")).count(), 4);
+    let read =
+        |sub: &str| std::fs::read_to_string(server.path(&format!("{sub}/written-by-the-guest")));
+    assert_eq!(read("pvc-v3").unwrap(), "through warren_nfs::mount");
+    assert_eq!(read("pvc-v41").unwrap(), "through warren_nfs::mount");
+}
+
+/// The `mount_check` example, built next to this test's profile (as kernel_lab.rs does
+/// for the replication frontends).
+fn mount_check() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "warren-nfs", "--example", "mount_check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building mount_check failed"
     );
-    assert_eq!(
-        std::fs::read_to_string(server.path("pvc-v41/file")).unwrap(),
-        "written-over-v4.1\n"
-    );
+    let path = profile_dir.join("examples/mount_check");
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
 }
