@@ -274,15 +274,12 @@ impl Session {
         let args = GETATTR3args {
             object: handle.clone(),
         };
-        match self
+        let reply = self
             .connection
             .getattr(&args)
             .await
-            .map_err(|e| self.rpc("getattr", e))?
-        {
-            Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
-            Nfs3Result::Err((status, _)) => Err(self.status("getattr", name, status)),
-        }
+            .map_err(|e| self.rpc("getattr", e))?;
+        Ok(self.reply("getattr", name, reply)?.obj_attributes)
     }
 
     /// Copies the directory `source` (attributes `attrs`) to `parent/name`.
@@ -363,15 +360,12 @@ impl Session {
                 offset,
                 count: COPY_CHUNK,
             };
-            let read = match self
+            let reply = self
                 .connection
                 .read(&args)
                 .await
-                .map_err(|e| self.rpc("read", e))?
-            {
-                Nfs3Result::Ok(ok) => ok,
-                Nfs3Result::Err((status, _)) => return Err(self.status("read", name, status)),
-            };
+                .map_err(|e| self.rpc("read", e))?;
+            let read = self.reply("read", name, reply)?;
             let data: &[u8] = read.data.as_ref();
             let mut written = 0usize;
             while written < data.len() {
@@ -406,15 +400,12 @@ impl Session {
             offset: 0,
             count: 0,
         };
-        match self
+        let reply = self
             .connection
             .commit(&args)
             .await
-            .map_err(|e| self.rpc("commit", e))?
-        {
-            Nfs3Result::Ok(_) => {}
-            Nfs3Result::Err((status, _)) => return Err(self.status("commit", name, status)),
-        }
+            .map_err(|e| self.rpc("commit", e))?;
+        self.reply("commit", name, reply)?;
         self.keep_attributes(&target, attrs, name).await
     }
 
@@ -428,15 +419,17 @@ impl Session {
         let args = READLINK3args {
             symlink: source.clone(),
         };
-        let link = match self
+        let reply = self
             .connection
             .readlink(&args)
             .await
-            .map_err(|e| self.rpc("readlink", e))?
-        {
-            Nfs3Result::Ok(ok) => ok.data.0.as_ref().to_vec(),
-            Nfs3Result::Err((status, _)) => return Err(self.status("readlink", name, status)),
-        };
+            .map_err(|e| self.rpc("readlink", e))?;
+        let link = self
+            .reply("readlink", name, reply)?
+            .data
+            .0
+            .as_ref()
+            .to_vec();
         let args = SYMLINK3args {
             where_: where_(dir, name),
             symlink: symlinkdata3 {
@@ -447,15 +440,12 @@ impl Session {
                 symlink_data: nfspath3(Opaque::owned(link)),
             },
         };
-        match self
+        let reply = self
             .connection
             .symlink(&args)
             .await
-            .map_err(|e| self.rpc("symlink", e))?
-        {
-            Nfs3Result::Ok(_) => Ok(()),
-            Nfs3Result::Err((status, _)) => Err(self.status("symlink", name, status)),
-        }
+            .map_err(|e| self.rpc("symlink", e))?;
+        self.reply("symlink", name, reply).map(drop)
     }
 
     /// Mode, owner and modification time of the original.
@@ -476,15 +466,12 @@ impl Session {
             },
             guard: sattrguard3::None,
         };
-        match self
+        let reply = self
             .connection
             .setattr(&args)
             .await
-            .map_err(|e| self.rpc("setattr", e))?
-        {
-            Nfs3Result::Ok(_) => Ok(()),
-            Nfs3Result::Err((status, _)) => Err(self.status("setattr", name, status)),
-        }
+            .map_err(|e| self.rpc("setattr", e))?;
+        self.reply("setattr", name, reply).map(drop)
     }
 
     async fn archive(&mut self, sub_dir: &str, archived_name: &str) -> Result<()> {
@@ -513,6 +500,14 @@ impl Session {
         Error::Unreachable {
             server: self.server.clone(),
             message: format!("{operation}: {e}"),
+        }
+    }
+
+    /// The value of an NFS reply, or its status as an error about `name`.
+    fn reply<T, E>(&self, operation: &str, name: &str, reply: Nfs3Result<T, E>) -> Result<T> {
+        match reply {
+            Nfs3Result::Ok(ok) => Ok(ok),
+            Nfs3Result::Err((status, _)) => Err(self.status(operation, name, status)),
         }
     }
 
@@ -596,15 +591,12 @@ impl Session {
             from: where_(dir, from),
             to: where_(dir, to),
         };
-        match self
+        let reply = self
             .connection
             .rename(&args)
             .await
-            .map_err(|e| self.rpc("rename", e))?
-        {
-            Nfs3Result::Ok(_) => Ok(()),
-            Nfs3Result::Err((status, _)) => Err(self.status("rename", from, status)),
-        }
+            .map_err(|e| self.rpc("rename", e))?;
+        self.reply("rename", from, reply).map(drop)
     }
 
     /// (name, is a directory) of every entry of `dir` but `.` and `..`.
