@@ -2,6 +2,8 @@
 //! existing NFS server.
 //!
 //! - `params`: the StorageClass parameters and the sub-directory a volume gets.
+//! - `volume_id`: `nfs#server#share#sub-directory#onDelete`, all that DeleteVolume and the
+//!   node need, so the controller keeps no state for NFS volumes.
 //! - `dirops`: what the controller does on the server — make, archive, remove and look at
 //!   sub-directories — speaking NFSv3 from user space (`nfs3_client`), every call under a
 //!   deadline, so the controller needs neither a kernel mount nor privilege.
@@ -19,5 +21,6 @@ pub mod error;
 pub mod mount;
 pub mod mount_options;
 pub mod params;
+pub mod volume_id;
 
 pub use error::{Error, Result};
