@@ -144,17 +144,20 @@ pub fn decide(
     } else {
         annotations.and_then(|a| a.get(PLACED_ON))
     };
-    match (placed, source_node) {
-        (None, _) if wait_for_consumer => return Nothing("waiting for a pod to be scheduled"),
-        // A restore or a clone is made where its source's data is, whatever node the
-        // scheduler picked: the PV then pins the claim there, the scheduler's binding of
-        // the pod to another node fails, and the pod is placed again, on this node.
-        (_, Some(node)) if node != me => return Nothing("its data source is on another node"),
-        (_, Some(_)) => {}
-        (None, None) if leader => return Place,
-        (None, None) => return Nothing("waiting for the leader to place it"),
-        (Some(node), None) if node != me => return Nothing("placed on another node"),
-        (Some(_), None) => {}
+    if wait_for_consumer && placed.is_none() {
+        return Nothing("waiting for a pod to be scheduled");
+    }
+    // A restore or a clone is made where its source's data is, whatever node was chosen:
+    // the PV then pins the claim there, the scheduler's binding of the pod to another
+    // node fails, and the pod is placed again, on this node.
+    match source_node.or(placed.map(String::as_str)) {
+        None if leader => return Place,
+        None => return Nothing("waiting for the leader to place it"),
+        Some(node) if node != me && source_node.is_some() => {
+            return Nothing("its data source is on another node")
+        }
+        Some(node) if node != me => return Nothing("placed on another node"),
+        Some(_) => {}
     }
     let Some(uid) = claim.metadata.uid.as_deref() else {
         return Nothing("the claim has no uid yet");
@@ -213,7 +216,30 @@ fn is_block(mode: Option<&str>) -> bool {
     mode == Some("Block")
 }
 
-pub fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
+/// The data source whose node `decide` must be told (its `source_node`): that of an
+/// unbound claim of Warren's that is ready to be provisioned somewhere. None otherwise,
+/// so a claim still waiting for its pod costs no lookups.
+pub fn source_to_locate(
+    claim: &PersistentVolumeClaim,
+    class: Option<&StorageClass>,
+) -> Option<Source> {
+    let spec = claim.spec.as_ref()?;
+    let class = class.filter(|c| c.provisioner == DRIVER)?;
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    let scheduled = claim
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SELECTED_NODE));
+    if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && !scheduled {
+        return None;
+    }
+    data_source(claim).ok().flatten()
+}
+
+fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
     let spec = claim.spec.as_ref().expect("checked by decide");
     // dataSourceRef wins (it is the newer field and may name another namespace).
     let (kind, group, name, namespace) = if let Some(r) = &spec.data_source_ref {
@@ -419,7 +445,11 @@ pub(crate) mod tests {
             decide(&restore, Some(&sc), None, "n2", true, Some("n1")),
             ClaimAction::Nothing(_)
         ));
-        // Still waits for a consumer first.
+        assert_eq!(
+            source_to_locate(&restore, Some(&sc)),
+            Some(Source::Snapshot("snap1".into()))
+        );
+        // Still waits for a consumer first (and looks nothing up meanwhile).
         let unscheduled = claim(
             json!({}),
             json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
@@ -428,6 +458,7 @@ pub(crate) mod tests {
             decide(&unscheduled, Some(&sc), None, "n1", true, Some("n1")),
             ClaimAction::Nothing(_)
         ));
+        assert_eq!(source_to_locate(&unscheduled, Some(&sc)), None);
         // Immediate binding: no placement by the leader; the source's node takes it.
         let now = class("Immediate", true);
         assert!(matches!(
@@ -438,6 +469,10 @@ pub(crate) mod tests {
             decide(&unscheduled, Some(&now), None, "n2", true, Some("n1")),
             ClaimAction::Nothing(_)
         ));
+        assert_eq!(
+            source_to_locate(&unscheduled, Some(&now)),
+            Some(Source::Claim("orig".into()))
+        );
     }
 
     #[test]

@@ -55,8 +55,8 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
         .find_map(|a| a.address.parse().ok())
 }
 
-/// Watches the Node objects and calls `changed` with the full agent map whenever it
-/// differs from the last one, until `stop`. Fails only when there is no Kubernetes API to
+/// Watches the Node objects and calls `changed` with the full agent map after every
+/// change to them (the caller compares it with what it has), until `stop`. Fails only when there is no Kubernetes API to
 /// talk to (no in-cluster configuration or kubeconfig).
 pub async fn run(
     port: u16,
@@ -69,7 +69,6 @@ pub async fn run(
     let config = watcher::Config::default().labels(TOPOLOGY_KEY);
     let mut events =
         std::pin::pin!(reflector::reflector(writer, watcher(api, config)).default_backoff());
-    let mut last: Option<BTreeMap<String, String>> = None;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
@@ -87,11 +86,7 @@ pub async fn run(
             Some(Ok(_)) => {}
         }
         let nodes = store.state();
-        let now = agents(nodes.iter().map(|n| n.as_ref()), port);
-        if last.as_ref() != Some(&now) {
-            changed(&now);
-            last = Some(now);
-        }
+        changed(&agents(nodes.iter().map(|n| n.as_ref()), port));
     }
 }
 

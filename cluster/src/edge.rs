@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::lease::{self, LeaseConfig};
 use crate::provisioner::{reconcile_claim, snapshot_resource, Context};
 use crate::reclaimer::reconcile_volume;
-use crate::registration::{self, PluginRegistration};
+use crate::registration;
 use crate::snapshotter::{reconcile_snapshot, SnapshotContext};
 use crate::DRIVER;
 
@@ -49,14 +49,8 @@ pub async fn run<C: CsiController>(
     csi: Arc<C>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let socket = registration::socket_path(&config.registration_dir, DRIVER);
-    let registration = PluginRegistration::new(DRIVER, &config.csi_socket);
-    let registration_stop = stop.clone();
-    let registration_task = tokio::spawn(async move {
-        if let Err(e) = registration::serve(registration, &socket, registration_stop).await {
-            tracing::error!(error = %e, "kubelet registration socket failed");
-        }
-    });
+    let registration_task =
+        registration::spawn(&config.registration_dir, &config.csi_socket, stop.clone());
 
     let client = kube::Client::try_default().await?;
     let (leading_tx, leading) = watch::channel(false);

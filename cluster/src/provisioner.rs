@@ -75,14 +75,20 @@ pub async fn reconcile_claim<C: Controller>(
         .filter(|v| !v.is_empty())
         .and_then(|name| ctx.volumes.get(&ObjectRef::new(name)));
     let leading = *ctx.leading.borrow();
-    let source_node = match source_node(&ctx, &claim, class.as_deref()).await {
-        Ok(node) => node,
-        Err(e) => {
+    // Resolved once: `decide` needs the source's node, provisioning its CSI id.
+    let source = match claims::source_to_locate(&claim, class.as_deref()) {
+        Some(s) => Some(resolve_source(&ctx, &claim.namespace().unwrap_or_default(), &s).await),
+        None => None,
+    };
+    let source_node = match &source {
+        Some(Ok(resolved)) => node_of(resolved),
+        Some(Err(e)) => {
             // Not ready (a snapshot still being cut, a source claim not bound): decide as
             // if there were no source; provisioning then reports why it cannot go on.
             tracing::debug!(error = %e, "data source not resolved yet");
             None
         }
+        None => None,
     };
     let action = claims::decide(
         &claim,
@@ -104,7 +110,7 @@ pub async fn reconcile_claim<C: Controller>(
             Ok(Action::requeue(RESYNC))
         }
         ClaimAction::Provision(p) => {
-            provision(&ctx, &claim, &p).await?;
+            provision(&ctx, &claim, &p, source).await?;
             Ok(Action::requeue(RESYNC))
         }
         ClaimAction::Expand {
@@ -209,19 +215,23 @@ fn allowed_nodes(class: &StorageClass) -> Option<Vec<String>> {
     Some(nodes)
 }
 
+/// `source`: the claim's data source as `reconcile_claim` resolved it.
 async fn provision<C: Controller>(
     ctx: &Context<C>,
     claim: &PersistentVolumeClaim,
     p: &Provision,
+    source: Option<Result<VolumeContentSource>>,
 ) -> Result<()> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if pvs.get_opt(&p.name).await?.is_some() {
         return Ok(()); // done before a crash or by a racing reconcile; the PV controller binds it
     }
     let namespace = claim.namespace().unwrap_or_default();
-    let source = match &p.source {
-        None => None,
-        Some(source) => Some(resolve_source(ctx, &namespace, source).await?),
+    let source = match (source, &p.source) {
+        (Some(resolved), _) => Some(resolved?),
+        (None, None) => None,
+        // `source_to_locate` names the source of every claim `decide` lets provision.
+        (None, Some(_)) => return Err(Error::Invalid("data source not resolved".into())),
     };
     let fs_type = fs_type(&p.parameters);
     let mut parameters: HashMap<String, String> = p.parameters.clone().into_iter().collect();
@@ -421,36 +431,16 @@ fn volume_object(
     }
 }
 
-/// The node holding the data an unbound claim of Warren's is to be made from (a snapshot
-/// or a volume), read from the source's CSI id; None when it has no data source.
-async fn source_node<C>(
-    ctx: &Context<C>,
-    claim: &PersistentVolumeClaim,
-    class: Option<&StorageClass>,
-) -> Result<Option<String>> {
-    let Some(spec) = &claim.spec else {
-        return Ok(None);
-    };
-    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
-        || class.is_none_or(|c| c.provisioner != DRIVER)
-    {
-        return Ok(None);
+/// The node holding a resolved data source (a snapshot or a volume), from its CSI id.
+fn node_of(source: &VolumeContentSource) -> Option<String> {
+    match source.r#type.as_ref()? {
+        volume_content_source::Type::Volume(v) => {
+            VolumeId::parse(&v.volume_id).ok().map(|id| id.node)
+        }
+        volume_content_source::Type::Snapshot(s) => {
+            SnapshotId::parse(&s.snapshot_id).ok().map(|id| id.node)
+        }
     }
-    let Ok(Some(source)) = claims::data_source(claim) else {
-        return Ok(None);
-    };
-    let resolved = resolve_source(ctx, &claim.namespace().unwrap_or_default(), &source).await?;
-    let node = match resolved.r#type {
-        Some(volume_content_source::Type::Volume(v)) => {
-            VolumeId::parse(&v.volume_id).map(|id| id.node)
-        }
-        Some(volume_content_source::Type::Snapshot(s)) => {
-            SnapshotId::parse(&s.snapshot_id).map(|id| id.node)
-        }
-        None => return Ok(None),
-    };
-    node.map(Some)
-        .map_err(|e| Error::Invalid(format!("data source: {e}")))
 }
 
 async fn provisioning_failed<C>(ctx: &Context<C>, claim: &PersistentVolumeClaim, message: &str) {

@@ -73,6 +73,22 @@ impl Registration for PluginRegistration {
     }
 }
 
+/// Serves `<registration_dir>/warren.csi.dev-reg.sock` in the background until `stop`,
+/// naming `csi_socket` (the path as the kubelet sees it) as Warren's CSI endpoint.
+pub fn spawn(
+    registration_dir: &Path,
+    csi_socket: &Path,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let socket = socket_path(registration_dir, crate::DRIVER);
+    let registration = PluginRegistration::new(crate::DRIVER, csi_socket);
+    tokio::spawn(async move {
+        if let Err(e) = serve(registration, &socket, stop).await {
+            tracing::error!(error = %e, "kubelet plugin registration stopped");
+        }
+    })
+}
+
 /// Serves the registration socket until `stop`; removes it on the way out so the kubelet
 /// unregisters the plugin.
 pub async fn serve(

@@ -122,20 +122,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                     .registration_dir
                     .clone()
                     .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry"));
-                let socket =
-                    warren_cluster::registration::socket_path(&dir, warren_cluster::DRIVER);
-                let registration = warren_cluster::registration::PluginRegistration::new(
-                    warren_cluster::DRIVER,
-                    csi_socket,
-                );
-                let stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        warren_cluster::registration::serve(registration, &socket, stop).await
-                    {
-                        tracing::error!(error = %e, "kubelet plugin registration stopped");
-                    }
-                })
+                warren_cluster::registration::spawn(&dir, csi_socket, stop_rx.clone())
             });
             let node = NodeService::new(
                 store,
