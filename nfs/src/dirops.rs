@@ -89,7 +89,7 @@ impl Export {
         self.within_deadline("remove", sub_dir, async {
             let mut s = self.connect().await?;
             let result = match s.parent_of(sub_dir).await {
-                Ok(Some((parent, name))) => s.remove_tree(&parent, name).await,
+                Ok(Some((parent, name))) => s.remove_named(&parent, name).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -124,21 +124,14 @@ impl Export {
     /// and modification time, symbolic links are copied as links; devices, FIFOs and
     /// sockets are refused.
     pub async fn copy_dir(&self, from: &str, to: &str) -> Result<()> {
-        let deadline = self.options.copy_deadline;
-        let work = async {
+        let operation = format!("copy to {to} from");
+        self.within(self.options.copy_deadline, &operation, from, async {
             let mut s = self.connect().await?;
             let result = s.copy(from, to).await;
             s.close().await;
             result
-        };
-        match tokio::time::timeout(deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                server: self.server.clone(),
-                operation: format!("copy {} to {to}", self.join(from)),
-                seconds: deadline.as_secs(),
-            }),
-        }
+        })
+        .await
     }
 
     /// Whether `share/sub_dir` exists.
@@ -162,7 +155,17 @@ impl Export {
         path: &str,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let deadline = self.options.deadline;
+        self.within(self.options.deadline, operation, path, work)
+            .await
+    }
+
+    async fn within<T>(
+        &self,
+        deadline: Duration,
+        operation: &str,
+        path: &str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
@@ -210,6 +213,13 @@ impl Export {
             self.share.trim_end_matches('/')
         )
     }
+}
+
+/// A directory entry as READDIRPLUS gave it.
+struct Entry {
+    name: String,
+    handle: Option<nfs_fh3>,
+    attrs: Option<fattr3>,
 }
 
 /// One mounted export during one operation.
@@ -264,7 +274,7 @@ impl Session {
             return Ok(());
         }
         let partial = format!(".{name}.partial");
-        self.remove_tree(&parent, &partial).await?;
+        self.remove_named(&parent, &partial).await?;
         let attrs = self.attributes(&source, from).await?;
         self.copy_tree(&source, &attrs, &parent, &partial).await?;
         self.rename(&parent, &partial, name).await
@@ -292,12 +302,12 @@ impl Session {
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
             let target = self.mkdir(parent, name, Some(attrs.mode)).await?;
-            for (child, _) in self.entries(source).await? {
-                let handle = self
-                    .lookup(source, &child)
+            for entry in self.entries(source).await? {
+                let child = entry.name.clone();
+                let (handle, child_attrs) = self
+                    .complete(source, entry)
                     .await?
                     .ok_or_else(|| self.status("copy", &child, nfsstat3::NFS3ERR_NOENT))?;
-                let child_attrs = self.attributes(&handle, &child).await?;
                 match child_attrs.type_ {
                     ftype3::NF3DIR => {
                         self.copy_tree(&handle, &child_attrs, &target, &child)
@@ -599,8 +609,9 @@ impl Session {
         self.reply("rename", from, reply).map(drop)
     }
 
-    /// (name, is a directory) of every entry of `dir` but `.` and `..`.
-    async fn entries(&mut self, dir: &nfs_fh3) -> Result<Vec<(String, bool)>> {
+    /// Every entry of `dir` but `.` and `..`, with the handle and attributes READDIRPLUS
+    /// gave (a server may leave either out).
+    async fn entries(&mut self, dir: &nfs_fh3) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut cookie = 0u64;
         let mut verifier = cookieverf3::default();
@@ -612,59 +623,93 @@ impl Session {
                 dircount: 8192,
                 maxcount: 65536,
             };
-            let reply = match self
+            let reply = self
                 .connection
                 .readdirplus(&args)
                 .await
-                .map_err(|e| self.rpc("readdirplus", e))?
-            {
-                Nfs3Result::Ok(ok) => ok,
-                Nfs3Result::Err((status, _)) => return Err(self.status("readdir", "", status)),
-            };
+                .map_err(|e| self.rpc("readdirplus", e))?;
+            let reply = self.reply("readdir", "", reply)?;
             let entries = reply.reply.entries.into_inner();
-            for entry in &entries {
+            let next = entries.last().map(|last| last.cookie);
+            for entry in entries {
                 let name = String::from_utf8_lossy(&entry.name.0).into_owned();
                 if name == "." || name == ".." {
                     continue;
                 }
-                let is_dir = matches!(&entry.name_attributes,
-                    post_op_attr::Some(a) if a.type_ == ftype3::NF3DIR);
-                out.push((name, is_dir));
+                out.push(Entry {
+                    name,
+                    handle: match entry.name_handle {
+                        post_op_fh3::Some(handle) => Some(handle),
+                        post_op_fh3::None => None,
+                    },
+                    attrs: match entry.name_attributes {
+                        post_op_attr::Some(attrs) => Some(attrs),
+                        post_op_attr::None => None,
+                    },
+                });
             }
-            if reply.reply.eof {
-                return Ok(out);
+            match next {
+                Some(last) if !reply.reply.eof => cookie = last,
+                _ => return Ok(out),
             }
-            let Some(last) = entries.last() else {
-                return Ok(out);
-            };
-            cookie = last.cookie;
             verifier = reply.cookieverf;
         }
     }
 
-    /// Depth first: a directory's entries, then the directory.
-    fn remove_tree<'a>(&'a mut self, parent: &'a nfs_fh3, name: &'a str) -> Boxed<'a, ()> {
+    /// The handle and attributes of an entry of `dir`: those READDIRPLUS gave, else asked
+    /// for. None if the entry is gone meanwhile.
+    async fn complete(&mut self, dir: &nfs_fh3, entry: Entry) -> Result<Option<(nfs_fh3, fattr3)>> {
+        let handle = match entry.handle {
+            Some(handle) => handle,
+            None => match self.lookup(dir, &entry.name).await? {
+                Some(handle) => handle,
+                None => return Ok(None),
+            },
+        };
+        let attrs = match entry.attrs {
+            Some(attrs) => attrs,
+            None => self.attributes(&handle, &entry.name).await?,
+        };
+        Ok(Some((handle, attrs)))
+    }
+
+    /// `rm -r parent/name`; not there is fine.
+    async fn remove_named(&mut self, parent: &nfs_fh3, name: &str) -> Result<()> {
+        match self.lookup(parent, name).await? {
+            Some(dir) => self.remove_tree(parent, name, &dir).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Depth first: the entries of `dir` (the handle of `parent/name`), then `dir`.
+    fn remove_tree<'a>(
+        &'a mut self,
+        parent: &'a nfs_fh3,
+        name: &'a str,
+        dir: &'a nfs_fh3,
+    ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            let Some(dir) = self.lookup(parent, name).await? else {
-                return Ok(());
-            };
-            for (child, is_dir) in self.entries(&dir).await? {
-                if is_dir {
-                    self.remove_tree(&dir, &child).await?;
-                } else {
-                    let args = REMOVE3args {
-                        object: where_(&dir, &child),
-                    };
-                    match self
-                        .connection
-                        .remove(&args)
-                        .await
-                        .map_err(|e| self.rpc("remove", e))?
-                    {
-                        Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => {}
-                        Nfs3Result::Err((status, _)) => {
-                            return Err(self.status("remove", &child, status))
-                        }
+            for entry in self.entries(dir).await? {
+                let child = entry.name.clone();
+                let Some((handle, attrs)) = self.complete(dir, entry).await? else {
+                    continue;
+                };
+                if attrs.type_ == ftype3::NF3DIR {
+                    self.remove_tree(dir, &child, &handle).await?;
+                    continue;
+                }
+                let args = REMOVE3args {
+                    object: where_(dir, &child),
+                };
+                match self
+                    .connection
+                    .remove(&args)
+                    .await
+                    .map_err(|e| self.rpc("remove", e))?
+                {
+                    Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => {}
+                    Nfs3Result::Err((status, _)) => {
+                        return Err(self.status("remove", &child, status))
                     }
                 }
             }

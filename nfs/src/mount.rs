@@ -89,8 +89,14 @@ pub fn unmount(target: &Path, deadline: Duration) -> Result<bool> {
             what: "unmount".into(),
             errno: Errno::EBUSY,
         }),
-        Some(_) | None => {
-            // The server does not let the unmount finish: stop waiting for it.
+        // The ordinary unmount failed: force it.
+        Some(_) => {
+            force_detach(target);
+            Ok(true)
+        }
+        // The server does not let the unmount finish: stop waiting for it. (Only a child
+        // still running is killed: one already reaped may have had its pid reused.)
+        None => {
             let _ = kill(child, Signal::SIGKILL);
             let _ = waitpid(child, Some(WaitPidFlag::WNOHANG));
             force_detach(target);

@@ -180,7 +180,7 @@ pub fn expand_sub_dir(template: &str, params: &HashMap<String, String>) -> Resul
 
 /// A sub-directory must stay below the share: relative, no `.` or `..` parts, no empty
 /// parts, no NUL, each part at most 255 bytes.
-fn checked_sub_dir(path: &str) -> Result<String> {
+pub(crate) fn checked_sub_dir(path: &str) -> Result<String> {
     let bad = |why: &str| Error::InvalidArgument(format!("sub-directory {path:?}: {why}"));
     if path.is_empty() {
         return Err(bad("empty"));
@@ -202,7 +202,7 @@ fn checked_sub_dir(path: &str) -> Result<String> {
     Ok(path.to_string())
 }
 
-fn server_name(value: &str) -> Result<String> {
+pub(crate) fn server_name(value: &str) -> Result<String> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value
@@ -217,7 +217,7 @@ fn server_name(value: &str) -> Result<String> {
     }
 }
 
-fn share_path(value: &str) -> Result<String> {
+pub(crate) fn share_path(value: &str) -> Result<String> {
     if !value.starts_with('/') || value.contains('\0') || value.split('/').any(|p| p == "..") {
         return Err(Error::InvalidArgument(format!(
             "share {value:?}: expected the export's absolute path, like /srv/nfs"

@@ -59,25 +59,15 @@ impl NfsVolumeId {
             _ => return Err(bad("unknown onDelete")),
         };
         // The same checks as the StorageClass parameters: a forged id cannot escape.
-        let checked = params::parse(
-            "unused",
-            &[
-                (params::KEY_SERVER, unescape(server)?),
-                (params::KEY_SHARE, unescape(share)?),
-                (params::KEY_SUB_DIR, unescape(sub_dir)?),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        )
-        .map_err(|e| bad(&e.to_string()))?;
-        if checked.sub_dir.contains("${") {
+        let check = |e: Error| bad(&e.to_string());
+        let sub_dir = params::checked_sub_dir(&unescape(sub_dir)?).map_err(check)?;
+        if sub_dir.contains("${") {
             return Err(bad("unexpanded placeholder"));
         }
         Ok(NfsVolumeId {
-            server: checked.server,
-            share: checked.share,
-            sub_dir: checked.sub_dir,
+            server: params::server_name(&unescape(server)?).map_err(check)?,
+            share: params::share_path(&unescape(share)?).map_err(check)?,
+            sub_dir,
             on_delete,
         })
     }
