@@ -34,6 +34,7 @@ IMAGE_TAR="${WARREN_E2E_IMAGE:-$REPO/deploy/image/out/warren-$VERSION-amd64.oci.
 SIDECAR_IMAGES="${WARREN_E2E_SIDECARS:-/var/cache/warren-e2e/sidecars}/images.txt"
 SNAPSHOT_CRDS_MODULE=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
 NODE1="$(node_name 1)" NODE2="$(node_name 2)"
+MODES="${WARREN_E2E_MODES:-edge standard}"
 T0=$SECONDS
 
 # Where each node's Warren keeps its volumes, as seen from this host.
@@ -82,7 +83,7 @@ if [[ -z ${WARREN_E2E_IMAGE:-} ]]; then
   bash "$REPO/deploy/image/build.sh" >/dev/null || die "building Warren's image failed"
 fi
 [[ -f $IMAGE_TAR ]] || die "no image at $IMAGE_TAR"
-if [[ ${WARREN_E2E_MODES:-edge standard} == *standard* ]]; then
+if [[ $MODES == *standard* ]]; then
   bash "$HERE/sidecars/build.sh" >/dev/null || die "building the CSI sidecars' images failed"
 fi
 crd_dir="$(go mod download -json "$SNAPSHOT_CRDS_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/config/crd" ||
@@ -98,7 +99,7 @@ bash "$HERE/cluster/up.sh" "$W" || die "the cluster did not come up (logs: $W/lo
 source "$W/env"
 make_state_dirs
 for n in 1 2; do
-  for tar in "$IMAGE_TAR" $([[ ${WARREN_E2E_MODES:-edge standard} != *standard* ]] || awk '{print $2}' "$SIDECAR_IMAGES"); do
+  for tar in "$IMAGE_TAR" $([[ $MODES != *standard* ]] || awk '{print $2}' "$SIDECAR_IMAGES"); do
     ctr --address "$(node_cri_sock "$n")" -n k8s.io images import "$tar" >/dev/null ||
       die "importing $tar into node $n's containerd failed"
   done
@@ -215,7 +216,7 @@ footprint() {
 
 # shellcheck source=scenarios.sh
 source "$HERE/scenarios.sh"
-for MODE in ${WARREN_E2E_MODES:-edge standard}; do
+for MODE in $MODES; do
   log "deploying the $MODE mode (deploy/manifests/$MODE.yaml)"
   deploy "$MODE"
   log "Warren ($MODE mode) is registered on both nodes ($((SECONDS - T0)) s since start)"
