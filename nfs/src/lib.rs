@@ -21,6 +21,7 @@ pub mod error;
 pub mod mount;
 pub mod mount_options;
 pub mod params;
+pub mod share;
 pub mod volume_id;
 
 pub use error::{Error, Result};
