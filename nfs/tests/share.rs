@@ -801,3 +801,150 @@ fn throughput_through_the_share() {
         mib_s(local_read)
     );
 }
+
+fn lab_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab")
+}
+
+/// Why the kernel lab cannot run here (as in kernel_mount.rs).
+fn lab_missing() -> Option<String> {
+    if !lab_dir().join("run-guest.sh").is_file() {
+        return Some("lab/run-guest.sh is missing".into());
+    }
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
+    }
+    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
+        })
+    });
+    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
+}
+
+/// The `share_guest` example, built next to this test's profile.
+fn share_guest() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "warren-nfs", "--example", "share_guest"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building share_guest failed"
+    );
+    let path = profile_dir.join("examples/share_guest");
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A Linux 6.1 NFS client (QEMU guest; the host's 127.0.0.1 is its 10.0.2.2) mounts the
+/// share, writes and reads; the share is restarted under it (same port, same generation)
+/// and the client goes on with the handles it holds: an open file is written, a cached
+/// directory read.
+#[test]
+fn a_kernel_client_keeps_working_across_a_restart() {
+    let vol = tempfile::tempdir_in("/var/tmp").unwrap();
+    if !can_run(vol.path()) {
+        return;
+    }
+    if let Some(why) = lab_missing() {
+        if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
+            panic!("kernel lab required (WARREN_REQUIRE_KERNEL_LAB=1) but unavailable: {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let share = ShareServer::bind(local(), GENERATION).unwrap();
+    share.export(KEY_A, vol.path()).unwrap();
+    let addr = share.local_addr();
+    let port = addr.port();
+    // lookupcache=none: the guest's polling for `restarted` must ask the server.
+    let data = format!(
+        "vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock,\
+         addr=10.0.2.2,mountaddr=10.0.2.2,hard,timeo=50,retrans=3,lookupcache=none"
+    );
+    let binary = share_guest();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        script.path(),
+        format!(
+            "rc=0\n/opt/sg/share_guest '10.0.2.2:/{KEY_A}' '{data}' || rc=1\n\
+             echo SHARE-GUEST-DONE rc=$rc\nexit $rc\n"
+        ),
+    )
+    .unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_path_buf();
+    let started = Instant::now();
+    let guest = std::thread::spawn(move || {
+        std::process::Command::new(lab_dir().join("run-guest.sh"))
+            .args(["--kernel", "6.1", "--net", "user", "--modules", "nfs nfsv3"])
+            .arg("--copy")
+            .arg(format!("{}:/opt/sg/share_guest", binary.display()))
+            .arg("--script")
+            .arg(script.path())
+            .args(["--timeout", "300"])
+            .arg("--log")
+            .arg(&log_path)
+            .status()
+            .expect("run-guest.sh")
+    });
+    let console = || {
+        std::fs::read_to_string(log.path())
+            .unwrap_or_default()
+            .replace('\r', "")
+    };
+    while !vol.path().join("phase1-done").exists() {
+        assert!(
+            !guest.is_finished() && started.elapsed().as_secs() < 280,
+            "the guest did not finish phase 1; console:\n{}",
+            console()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let phase1 = started.elapsed();
+    share.shutdown();
+    let share = ShareServer::bind(addr, GENERATION).unwrap();
+    share.export(KEY_A, vol.path()).unwrap();
+    std::fs::write(vol.path().join("restarted"), "host").unwrap();
+    let status = guest.join().unwrap();
+    let console = console();
+    eprintln!(
+        "share kernel client: phase 1 after {phase1:.1?}, all {:.1?}:\n  {}",
+        started.elapsed(),
+        console
+            .lines()
+            .filter(|l| l.starts_with("share-guest")
+                || l.starts_with("PASS")
+                || l.starts_with("FAIL"))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+    assert!(
+        status.success() && console.contains("SHARE-GUEST-DONE rc=0"),
+        "guest failed ({status}); console:\n{console}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("from-guest")).unwrap(),
+        "written by a kernel client|after restart"
+    );
+    assert_eq!(
+        std::fs::metadata(vol.path().join("sub/big")).unwrap().len(),
+        8 << 20
+    );
+    assert_eq!(
+        std::fs::read_link(vol.path().join("guest-link")).unwrap(),
+        Path::new("/etc")
+    );
+    drop(share);
+}
