@@ -14,7 +14,7 @@ use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
-use warren_nfs::share::{load_or_create_generation, probe, ShareServer};
+use warren_nfs::share::{check_exportable, load_or_create_generation, ShareServer};
 
 const KEY_A: &str = "0123456789abcdef0123456789abcdef";
 const KEY_B: &str = "fedcba9876543210fedcba9876543210";
@@ -32,7 +32,7 @@ fn can_run(dir: &Path) -> bool {
         Some("/var/tmp is tmpfs or overlay here, not a disk file system".to_string())
     } else {
         // On a real file system as root the share must work: a failure is a bug.
-        probe(dir).unwrap();
+        check_exportable(dir).unwrap();
         None
     };
     match why {
@@ -124,6 +124,31 @@ impl Client {
             post_op_fh3::Some(fh) => Ok(fh),
             post_op_fh3::None => panic!("CREATE returned no handle"),
         }
+    }
+
+    async fn create_exclusive(
+        &mut self,
+        dir: &nfs_fh3,
+        n: &str,
+        verf: [u8; 8],
+    ) -> Result<nfs_fh3, nfsstat3> {
+        let args = CREATE3args {
+            where_: at(dir, n),
+            how: createhow3::EXCLUSIVE(createverf3(verf)),
+        };
+        match ok(self.0.create(&args).await.unwrap())?.obj {
+            post_op_fh3::Some(fh) => Ok(fh),
+            post_op_fh3::None => self.lookup(dir, n).await,
+        }
+    }
+
+    async fn commit(&mut self, fh: &nfs_fh3) -> Result<writeverf3, nfsstat3> {
+        let args = COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        };
+        ok(self.0.commit(&args).await.unwrap()).map(|r| r.verf)
     }
 
     async fn mkdir(&mut self, dir: &nfs_fh3, n: &str) -> Result<nfs_fh3, nfsstat3> {
@@ -388,8 +413,25 @@ fn a_client_reads_and_writes_a_volume_through_the_share() {
         c.rmdir(&root, "d").await.unwrap();
         assert_eq!(std::fs::read_dir(vol.path()).unwrap().count(), 0);
 
+        let h0 = c.create(&root, "h", 0o600).await.unwrap();
+        // COMMIT answers with the verifier: the fixed generation, as WRITE does.
+        assert_eq!(c.commit(&h0).await.unwrap().0, GENERATION.to_le_bytes());
+        // CREATE EXCLUSIVE: a retransmission (same verifier) finds its own file.
+        let x = c.create_exclusive(&root, "x", *b"verifier").await.unwrap();
+        assert_eq!(
+            c.create_exclusive(&root, "x", *b"verifier").await.unwrap(),
+            x
+        );
+        assert_eq!(
+            c.create_exclusive(&root, "x", *b"another!")
+                .await
+                .unwrap_err(),
+            nfsstat3::NFS3ERR_EXIST
+        );
+        assert!(vol.path().join("x").is_file());
+
         // SETATTR: size and mode.
-        let h = c.create(&root, "h", 0o600).await.unwrap();
+        let h = h0;
         c.write(&h, 0, b"0123456789").await.unwrap();
         c.setattr(
             &h,

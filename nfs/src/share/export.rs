@@ -221,9 +221,9 @@ impl Exports {
     }
 }
 
-/// For the tests' checks of what a share can serve: is `dir` on a file system that gives
-/// handles, and may this process open them?
-pub fn probe(dir: &Path) -> Result<()> {
+/// Can `dir` be exported: is it on a file system that gives handles, and may this process
+/// open them (CAP_DAC_READ_SEARCH)? For a node's startup check and the tests.
+pub fn check_exportable(dir: &Path) -> Result<()> {
     let key = ExportKey::parse(&"0".repeat(32))?;
     Export::open(key, dir).map(drop)
 }

@@ -34,6 +34,8 @@
 //!   by root unless the client sets an owner. Permissions are therefore not enforced
 //!   between pods sharing a volume (as with `no_root_squash` and one user).
 //! - MKDIR's mode is not passed on: new directories get 0777 less the umask.
+//! - Whoever reaches the port and knows a key can mount that volume: `authorize` sees no
+//!   client address, so a per-node allow-list needs a firewall rule (or an upstream hook).
 //! - No LINK, no MKNOD, no NLM (clients mount with `nolock`: locks are local to a node).
 //! - A directory moved out of the volume by someone on the node keeps working for
 //!   clients that already hold its handle (no subtree check).
@@ -49,5 +51,5 @@ mod readdir;
 mod server;
 mod status;
 
-pub use export::{probe, Usage};
+pub use export::{check_exportable, Usage};
 pub use server::{load_or_create_generation, ShareServer};
