@@ -416,6 +416,13 @@ fn a_client_reads_and_writes_a_volume_through_the_share() {
         let h0 = c.create(&root, "h", 0o600).await.unwrap();
         // COMMIT answers with the verifier: the fixed generation, as WRITE does.
         assert_eq!(c.commit(&h0).await.unwrap().0, GENERATION.to_le_bytes());
+        // CREATE UNCHECKED of an existing file keeps its mode (as open(O_CREAT) does).
+        assert_eq!(c.create(&root, "h", 0o666).await.unwrap(), h0);
+        let mode = std::fs::metadata(vol.path().join("h")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+            0o600
+        );
         // CREATE EXCLUSIVE: a retransmission (same verifier) finds its own file.
         let x = c.create_exclusive(&root, "x", *b"verifier").await.unwrap();
         assert_eq!(

@@ -190,26 +190,43 @@ impl Export {
             Nfs3Option::None => 0o644,
         };
         // O_NOFOLLOW: a symbolic link put there in the meantime fails (ELOOP) instead of
-        // creating its target, which may be outside the volume.
-        let fd = nix::fcntl::openat(
-            &dfd,
-            name.as_c_str(),
-            OFlag::O_CREAT
-                | OFlag::O_WRONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(mode),
-        )
-        .map_err(|e| match e {
-            nix::errno::Errno::ELOOP => nfsstat3::NFS3ERR_EXIST,
-            e => from_errno(e),
-        })?;
+        // creating its target, which may be outside the volume. O_NONBLOCK: never wait on
+        // a FIFO.
+        let open = |extra: OFlag| {
+            nix::fcntl::openat(
+                &dfd,
+                name.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | extra,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(|e| match e {
+                nix::errno::Errno::ELOOP => nfsstat3::NFS3ERR_EXIST,
+                e => from_errno(e),
+            })
+        };
+        let (fd, attrs) = match open(OFlag::O_CREAT | OFlag::O_EXCL) {
+            Ok(fd) => {
+                // The mode again, exactly: the process umask cut it at creation.
+                let mut all = attrs.clone();
+                all.mode = Nfs3Option::Some(mode);
+                (fd, all)
+            }
+            // UNCHECKED on an existing file: like open(O_CREAT) on Linux, and knfsd, only
+            // a size (truncation) applies; its mode and owner stay.
+            Err(nfsstat3::NFS3ERR_EXIST) => {
+                let only_size = sattr3 {
+                    size: attrs.size,
+                    ..Default::default()
+                };
+                (open(OFlag::empty())?, only_size)
+            }
+            Err(e) => return Err(e),
+        };
         let st = stat_fd(&fd)?;
-        // The mode again, exactly: the process umask cut it at creation.
-        let mut all = attrs.clone();
-        all.mode = Nfs3Option::Some(mode);
-        attr::apply(&fd, &st, &all, || fd.try_clone().map_err(from_io))?;
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(nfsstat3::NFS3ERR_EXIST);
+        }
+        attr::apply(&fd, &st, &attrs, || fd.try_clone().map_err(from_io))?;
         self.attrs_of(&dfd, &name)
     }
 

@@ -28,7 +28,9 @@ pub struct ShareServer {
 impl ShareServer {
     /// Listens on `addr` (IPv4; port 0 picks one). `generation` goes into every file handle
     /// and must be the same on every start of this node's share, or clients' handles turn
-    /// stale (see `load_or_create_generation`).
+    /// stale (see `load_or_create_generation`). Blocks until the port is bound (a few
+    /// milliseconds); `shutdown` (and drop) block until the share's runtime is gone, up to
+    /// 5 s for flushes in flight — from async code, call them in `spawn_blocking`.
     pub fn bind(addr: SocketAddr, generation: u64) -> Result<ShareServer> {
         let unreachable = |message: String| Error::Unreachable {
             server: addr.to_string(),
