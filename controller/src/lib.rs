@@ -1,12 +1,15 @@
 //! Warren's CSI Controller service and the cluster-side logic behind it.
 
 pub mod error;
+pub mod nfs;
 pub mod nodes;
 pub mod placement;
 pub mod reconcile;
+pub mod record_dir;
 pub mod records;
 pub mod service;
 
+pub use nfs::NfsVolumes;
 pub use nodes::Nodes;
 pub use records::Records;
 pub use service::ControllerService;

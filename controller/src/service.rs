@@ -8,14 +8,19 @@ use csi_proto::v1::controller_server::Controller;
 use csi_proto::v1::controller_service_capability::{rpc, Rpc, Type as CapType};
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
-use warren_core::capability::{parse_capabilities, parse_capability, Access};
+use warren_core::capability::{
+    parse_capabilities, parse_capability, parse_shared_capability, Access,
+};
 use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
 use warren_core::lock::KeyedLocks;
-use warren_core::params::{parse_params, VolumeParams, CONTEXT_FS_TYPE};
+use warren_core::params::{backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE};
 use warren_core::storage::{ContentSource, SnapshotInfo, VolumeSpec};
 use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
 
+use warren_nfs::volume_id::{NfsSnapshotId, NfsVolumeId};
+
+use crate::nfs::NfsVolumes;
 use crate::nodes::Nodes;
 use crate::placement::candidates;
 use crate::records::{Records, SnapshotRecord, State, VolumeRecord};
@@ -29,6 +34,7 @@ pub struct ControllerService {
     records: Arc<Records>,
     nodes: Nodes,
     locks: KeyedLocks,
+    nfs: NfsVolumes,
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -90,6 +96,28 @@ fn csi_volume(rec: &VolumeRecord) -> Volume {
     }
 }
 
+/// ValidateVolumeCapabilities' answer: confirmed as asked, or not, with the reason.
+fn confirm(
+    req: ValidateVolumeCapabilitiesRequest,
+    problem: Option<String>,
+) -> ValidateVolumeCapabilitiesResponse {
+    match problem {
+        Some(message) => ValidateVolumeCapabilitiesResponse {
+            confirmed: None,
+            message,
+        },
+        None => ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: req.mutable_parameters,
+            }),
+            message: String::new(),
+        },
+    }
+}
+
 fn csi_snapshot(info: &SnapshotInfo) -> Snapshot {
     Snapshot {
         size_bytes: info.size_bytes as i64,
@@ -135,11 +163,12 @@ fn page<T: Clone>(
 }
 
 impl ControllerService {
-    pub fn new(records: Arc<Records>, nodes: Nodes) -> Self {
+    pub fn new(records: Arc<Records>, nodes: Nodes, nfs: NfsVolumes) -> Self {
         ControllerService {
             records,
             nodes,
             locks: KeyedLocks::default(),
+            nfs,
         }
     }
 
@@ -210,6 +239,9 @@ impl ControllerService {
     }
 
     async fn create_volume_inner(&self, req: CreateVolumeRequest) -> Result<Volume> {
+        if backend(&req.parameters)? == Backend::Nfs {
+            return self.nfs.create_volume(&req).await;
+        }
         validate_name("volume", &req.name)?;
         let caps = parse_capabilities(&req.volume_capabilities)?;
         let VolumeParams::Local(params) = parse_params(&req.parameters)?;
@@ -331,6 +363,12 @@ impl ControllerService {
     }
 
     async fn delete_volume_inner(&self, req: DeleteVolumeRequest) -> Result<()> {
+        if NfsVolumeId::is_nfs(&req.volume_id) {
+            return match crate::nfs::volume_id(&req.volume_id) {
+                Some(id) => self.nfs.delete_volume(&id).await,
+                None => Ok(()),
+            };
+        }
         let Some(id) = parse_id("volume_id", &req.volume_id, VolumeId::parse)? else {
             return Ok(());
         };
@@ -370,6 +408,9 @@ impl ControllerService {
             .capacity_range
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
+        if NfsVolumeId::is_nfs(&req.volume_id) {
+            return Ok((self.nfs.expand(&req.volume_id, range).await?, false));
+        }
         let rec = self.ready_volume(&req.volume_id)?;
         let block = match req.volume_capability.as_ref() {
             Some(cap) => parse_capability(cap)?.access == Access::Block,
@@ -412,6 +453,12 @@ impl ControllerService {
             return Err(Error::InvalidArgument(format!(
                 "unknown snapshot parameter {key:?}: local snapshots take none"
             )));
+        }
+        if NfsVolumeId::is_nfs(&req.source_volume_id) {
+            let source = crate::nfs::volume_id(&req.source_volume_id).ok_or_else(|| {
+                Error::NotFound(format!("volume {:?} does not exist", req.source_volume_id))
+            })?;
+            return self.nfs.create_snapshot(&req.name, &source).await;
         }
         let source_id = parse_id("source_volume_id", &req.source_volume_id, VolumeId::parse)?;
         let _name_lock = self
@@ -466,6 +513,12 @@ impl ControllerService {
     }
 
     async fn delete_snapshot_inner(&self, req: DeleteSnapshotRequest) -> Result<()> {
+        if NfsSnapshotId::is_nfs(&req.snapshot_id) {
+            return match NfsSnapshotId::parse(&req.snapshot_id) {
+                Ok(id) => self.nfs.delete_snapshot(&id).await,
+                Err(_) => Ok(()),
+            };
+        }
         let Some(id) = parse_id("snapshot_id", &req.snapshot_id, SnapshotId::parse)? else {
             return Ok(());
         };
@@ -487,26 +540,27 @@ impl ControllerService {
     }
 
     fn list_snapshots_inner(&self, req: ListSnapshotsRequest) -> Result<ListSnapshotsResponse> {
-        let mut ready: Vec<SnapshotRecord> = self
+        let mut ready: Vec<(Key, Snapshot)> = self
             .records
             .snapshots()
             .into_iter()
-            .filter(|r| r.state == State::Ready && r.info.is_some())
+            .filter(|r| r.state == State::Ready)
+            .filter_map(|r| r.info.map(|info| (r.id.key, csi_snapshot(&info))))
+            .chain(self.nfs.snapshots())
             .collect();
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
         if !req.snapshot_id.is_empty() {
-            ready.retain(|r| r.id.to_string() == req.snapshot_id);
+            ready.retain(|(_, s)| s.snapshot_id == req.snapshot_id);
         }
         if !req.source_volume_id.is_empty() {
-            ready.retain(|r| r.source_volume.to_string() == req.source_volume_id);
+            ready.retain(|(_, s)| s.source_volume_id == req.source_volume_id);
         }
-        let (items, next_token) =
-            page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
+        let (items, next_token) = page(&ready, |r| &r.0, req.max_entries, &req.starting_token)?;
         Ok(ListSnapshotsResponse {
             entries: items
-                .iter()
-                .filter_map(|r| r.info.as_ref())
-                .map(|info| list_snapshots_response::Entry {
-                    snapshot: Some(csi_snapshot(info)),
+                .into_iter()
+                .map(|(_, snapshot)| list_snapshots_response::Entry {
+                    snapshot: Some(snapshot),
                 })
                 .collect(),
             next_token,
@@ -548,6 +602,20 @@ impl Controller for ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
+        if NfsVolumeId::is_nfs(&req.volume_id) {
+            self.nfs.existing(&req.volume_id).await?;
+            let problem =
+                req.volume_capabilities
+                    .iter()
+                    .find_map(|cap| match parse_shared_capability(cap) {
+                        Err(e) => Some(e.to_string()),
+                        Ok(r) if r.access == Access::Block => {
+                            Some("NFS volumes cannot be used as raw block devices".into())
+                        }
+                        Ok(_) => None,
+                    });
+            return Ok(Response::new(confirm(req, problem)));
+        }
         let rec = self.ready_volume(&req.volume_id)?;
         if let Err(e) = parse_params(&req.parameters) {
             return Ok(Response::new(ValidateVolumeCapabilitiesResponse {
@@ -563,39 +631,30 @@ impl Controller for ControllerService {
                 }
                 Ok(_) => None,
             };
-            if let Some(message) = problem {
-                return Ok(Response::new(ValidateVolumeCapabilitiesResponse {
-                    confirmed: None,
-                    message,
-                }));
+            if problem.is_some() {
+                return Ok(Response::new(confirm(req, problem)));
             }
         }
-        Ok(Response::new(ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: req.mutable_parameters,
-            }),
-            message: String::new(),
-        }))
+        Ok(Response::new(confirm(req, None)))
     }
 
     async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> Reply<ListVolumesResponse> {
         let req = req.into_inner();
-        let ready: Vec<VolumeRecord> = self
+        let mut ready: Vec<(Key, Volume)> = self
             .records
             .volumes()
             .into_iter()
             .filter(|r| r.state == State::Ready)
+            .map(|r| (r.id.key.clone(), csi_volume(&r)))
+            .chain(self.nfs.list())
             .collect();
-        let (items, next_token) =
-            page(&ready, |r| &r.id.key, req.max_entries, &req.starting_token)?;
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        let (items, next_token) = page(&ready, |r| &r.0, req.max_entries, &req.starting_token)?;
         Ok(Response::new(ListVolumesResponse {
             entries: items
-                .iter()
-                .map(|r| list_volumes_response::Entry {
-                    volume: Some(csi_volume(r)),
+                .into_iter()
+                .map(|(_, volume)| list_volumes_response::Entry {
+                    volume: Some(volume),
                     status: None,
                 })
                 .collect(),
@@ -605,6 +664,14 @@ impl Controller for ControllerService {
 
     async fn get_capacity(&self, req: Request<GetCapacityRequest>) -> Reply<GetCapacityResponse> {
         let req = req.into_inner();
+        if backend(&req.parameters)? == Backend::Nfs {
+            let available = self.nfs.capacity(&req.parameters).await?;
+            return Ok(Response::new(GetCapacityResponse {
+                available_capacity: available as i64,
+                maximum_volume_size: None,
+                minimum_volume_size: None,
+            }));
+        }
         let VolumeParams::Local(params) = parse_params(&req.parameters)?;
         for cap in &req.volume_capabilities {
             let r = parse_capability(cap)?;
@@ -688,6 +755,14 @@ impl Controller for ControllerService {
 
     async fn get_snapshot(&self, req: Request<GetSnapshotRequest>) -> Reply<GetSnapshotResponse> {
         let req = req.into_inner();
+        if NfsSnapshotId::is_nfs(&req.snapshot_id) {
+            let snapshot = self.nfs.snapshot(&req.snapshot_id).ok_or_else(|| {
+                Status::not_found(format!("snapshot {:?} does not exist", req.snapshot_id))
+            })?;
+            return Ok(Response::new(GetSnapshotResponse {
+                snapshot: Some(snapshot),
+            }));
+        }
         let info = parse_id("snapshot_id", &req.snapshot_id, SnapshotId::parse)?
             .and_then(|id| self.records.snapshot(&id.key).filter(|r| r.id == id))
             .filter(|r| r.state == State::Ready)
@@ -715,6 +790,16 @@ impl Controller for ControllerService {
         &self,
         req: Request<ControllerGetVolumeRequest>,
     ) -> Reply<ControllerGetVolumeResponse> {
+        if NfsVolumeId::is_nfs(&req.get_ref().volume_id) {
+            let (volume, condition) = self.nfs.get_volume(&req.get_ref().volume_id).await?;
+            return Ok(Response::new(ControllerGetVolumeResponse {
+                volume: Some(volume),
+                status: Some(controller_get_volume_response::VolumeStatus {
+                    published_node_ids: vec![],
+                    volume_condition: Some(condition),
+                }),
+            }));
+        }
         let rec = self.ready_volume(&req.get_ref().volume_id)?;
         let condition = match self
             .nodes

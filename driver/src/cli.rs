@@ -2,6 +2,7 @@
 //! `WARREN_*` environment variable (what a DaemonSet or a systemd unit usually does).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -119,6 +120,48 @@ pub struct Common {
     /// HOST:PORT; off when unset.
     #[arg(long, env = "WARREN_METRICS_ADDRESS", value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
+    #[command(flatten)]
+    pub nfs: NfsArgs,
+}
+
+/// Deadlines of NFS volumes' work: a server that does not answer fails the call at its
+/// deadline instead of hanging it.
+#[derive(Args, Debug, Clone)]
+pub struct NfsArgs {
+    /// Seconds for one controller operation on an NFS server (make, archive, remove a
+    /// directory; free space).
+    #[arg(long, env = "WARREN_NFS_TIMEOUT", default_value_t = 30)]
+    pub nfs_timeout: u64,
+    /// Seconds for one copy on an NFS server (snapshot, restore, clone).
+    #[arg(long, env = "WARREN_NFS_COPY_TIMEOUT", default_value_t = 600)]
+    pub nfs_copy_timeout: u64,
+    /// Seconds for one kernel NFS mount on a node.
+    #[arg(long, env = "WARREN_NFS_MOUNT_TIMEOUT", default_value_t = 60)]
+    pub nfs_mount_timeout: u64,
+    /// Seconds a node waits for an NFS server's answer when it checks a mount's health
+    /// (NodeGetVolumeStats, a retried stage or publish) or unmounts.
+    #[arg(long, env = "WARREN_NFS_PROBE_TIMEOUT", default_value_t = 5)]
+    pub nfs_probe_timeout: u64,
+}
+
+impl NfsArgs {
+    pub fn export_options(&self) -> warren_nfs::dirops::ExportOptions {
+        warren_nfs::dirops::ExportOptions {
+            deadline: Duration::from_secs(self.nfs_timeout),
+            copy_deadline: Duration::from_secs(self.nfs_copy_timeout),
+            // A reserved source port where the process may bind one (Linux knfsd's
+            // default `secure` exports want it); otherwise any port.
+            privileged_port: warren_nfs::dirops::may_bind_privileged_port(),
+            ..Default::default()
+        }
+    }
+
+    pub fn node_deadlines(&self) -> warren_node::nfs::Deadlines {
+        warren_node::nfs::Deadlines {
+            mount: Duration::from_secs(self.nfs_mount_timeout),
+            probe: Duration::from_secs(self.nfs_probe_timeout),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -10,7 +10,7 @@ use csi_proto::v1::identity_server::IdentityServer;
 use csi_proto::v1::node_server::NodeServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use warren_controller::{ControllerService, Nodes, Records};
+use warren_controller::{ControllerService, NfsVolumes, Nodes, Records};
 use warren_core::endpoint::{bind_unix, Endpoint};
 use warren_core::identity::IdentityService;
 use warren_core::validate::validate_node_id;
@@ -128,6 +128,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                 store,
                 Arc::new(SystemMounter),
                 args.node.kubelet_dir.clone(),
+                args.common.nfs.node_deadlines(),
             );
             let identity = IdentityService::new(false, ready.clone());
             let router = Server::builder()
@@ -168,6 +169,7 @@ async fn serve_all(
         store,
         Arc::new(SystemMounter),
         node_side.kubelet_dir.clone(),
+        common.nfs.node_deadlines(),
     );
     let identity = IdentityService::new(true, ready.clone());
     let router = Server::builder()
@@ -239,7 +241,8 @@ async fn start_controller(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Arc<ControllerService>> {
     let records = Arc::new(Records::open(&common.state_dir)?);
-    let controller = Arc::new(ControllerService::new(records, nodes));
+    let nfs = NfsVolumes::open(&common.state_dir, common.nfs.export_options())?;
+    let controller = Arc::new(ControllerService::new(records, nodes, nfs));
     controller.reconcile().await;
     let background = controller.clone();
     tokio::spawn(async move {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use nfs3_client::nfs3_types::nfs3::{
     cookieverf3, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3,
     post_op_attr, post_op_fh3, sattr3, sattrguard3, set_gid3, set_mode3, set_mtime, set_uid3,
-    stable_how, symlinkdata3, COMMIT3args, CREATE3args, GETATTR3args, LOOKUP3args, MKDIR3args,
-    Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args, REMOVE3args, RENAME3args, RMDIR3args,
-    SETATTR3args, SYMLINK3args, WRITE3args,
+    stable_how, symlinkdata3, COMMIT3args, CREATE3args, FSSTAT3args, GETATTR3args, LOOKUP3args,
+    MKDIR3args, Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args, REMOVE3args, RENAME3args,
+    RMDIR3args, SETATTR3args, SYMLINK3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -53,6 +53,29 @@ impl Default for ExportOptions {
             gid: 0,
         }
     }
+}
+
+/// Whether this process may bind a source port below 1024: root, CAP_NET_BIND_SERVICE, or
+/// a lowered `net.ipv4.ip_unprivileged_port_start` (the chart's controller pod sets it).
+pub fn may_bind_privileged_port() -> bool {
+    const CAP_NET_BIND_SERVICE: u32 = 10;
+    let effective_caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let unprivileged_start =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(1024);
+    nix::unistd::geteuid().is_root()
+        || effective_caps & (1 << CAP_NET_BIND_SERVICE) != 0
+        || unprivileged_start < 1024
 }
 
 /// One export of one server.
@@ -149,6 +172,25 @@ impl Export {
         .await
     }
 
+    /// The export's file system: (total bytes, bytes available to Warren's calls).
+    pub async fn space(&self) -> Result<(u64, u64)> {
+        self.within_deadline("fsstat", "", async {
+            let mut s = self.connect().await?;
+            let args = FSSTAT3args {
+                fsroot: s.root.clone(),
+            };
+            let reply = s
+                .connection
+                .fsstat(&args)
+                .await
+                .map_err(|e| s.rpc("fsstat", e));
+            let result = reply.and_then(|r| s.reply("fsstat", "", r));
+            s.close().await;
+            result.map(|ok| (ok.tbytes, ok.abytes))
+        })
+        .await
+    }
+
     async fn within_deadline<T>(
         &self,
         operation: &str,
@@ -233,7 +275,7 @@ struct Session {
 /// Bytes per READ while copying (servers may answer with less).
 const COPY_CHUNK: u32 = 1 << 20;
 
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 impl Session {
     /// Unmounting only tells the server's MOUNT service; a failure changes nothing.

@@ -12,15 +12,17 @@
 //!   checked `mountOptions`.
 //! - `mount`: the node's mount and unmount, under deadlines, never leaving a half-done
 //!   mount behind and never hanging on a server that is gone.
+//! - `probe`: is a mount healthy, stale or unanswered, without ever hanging the caller.
 //!
-//! Not wired into the CSI services yet: `backend: nfs` is still refused by
-//! `warren_core::params` until the controller and node sides exist.
+//! The CSI side is in the controller (`warren_controller::nfs`) and the node
+//! (`warren_node::nfs`); this crate knows nothing of CSI.
 
 pub mod dirops;
 pub mod error;
 pub mod mount;
 pub mod mount_options;
 pub mod params;
+pub mod probe;
 pub mod share;
 pub mod volume_id;
 

@@ -127,17 +127,11 @@ pub fn mount_request(
             ("nodev", None) => flags.nodev = true,
             ("noexec", None) => flags.noexec = true,
             ("vers" | "nfsvers", Some(v)) => {
-                let asked = match v {
-                    "3" => NfsVersion::V3,
-                    "4" | "4.0" => NfsVersion::V4_0,
-                    "4.1" => NfsVersion::V4_1,
-                    "4.2" => NfsVersion::V4_2,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "mount option {key}={other}: expected 3, 4.0, 4.1 or 4.2"
-                        )))
-                    }
-                };
+                let asked = NfsVersion::parse(v).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "mount option {key}={v}: expected 3, 4.0, 4.1 or 4.2"
+                    ))
+                })?;
                 if let Some(before) = &version_given {
                     if *before != v {
                         return Err(Error::InvalidArgument(format!(

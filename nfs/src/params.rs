@@ -27,6 +27,19 @@ pub enum NfsVersion {
 }
 
 impl NfsVersion {
+    /// The `nfsVersion` parameter (and volume-context key) as a StorageClass gives it.
+    pub fn parse(value: &str) -> Result<NfsVersion> {
+        match value {
+            "3" => Ok(NfsVersion::V3),
+            "4" | "4.0" => Ok(NfsVersion::V4_0),
+            "4.1" => Ok(NfsVersion::V4_1),
+            "4.2" => Ok(NfsVersion::V4_2),
+            other => Err(Error::InvalidArgument(format!(
+                "nfsVersion {other:?}: expected 3, 4.0, 4.1 or 4.2"
+            ))),
+        }
+    }
+
     /// As the kernel's `vers=` mount option spells it.
     pub fn as_mount_option(self) -> &'static str {
         match self {
@@ -59,6 +72,9 @@ pub const KEY_SUB_DIR: &str = "subDir";
 pub const KEY_ON_DELETE: &str = "onDelete";
 pub const KEY_NFS_VERSION: &str = "nfsVersion";
 pub const KEY_MOUNT_PERMISSIONS: &str = "mountPermissions";
+/// The volume-context key that tells the node which NFS version to mount with (the same
+/// name as the parameter, so a hand-written PV's `volumeAttributes` can set it too).
+pub const CONTEXT_NFS_VERSION: &str = KEY_NFS_VERSION;
 
 const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
@@ -92,19 +108,7 @@ pub fn parse(name: &str, params: &HashMap<String, String>) -> Result<NfsParams> 
                     }
                 }
             }
-            KEY_NFS_VERSION => {
-                version = match value.as_str() {
-                    "3" => NfsVersion::V3,
-                    "4" | "4.0" => NfsVersion::V4_0,
-                    "4.1" => NfsVersion::V4_1,
-                    "4.2" => NfsVersion::V4_2,
-                    other => {
-                        return Err(bad(format!(
-                            "nfsVersion {other:?}: expected 3, 4.0, 4.1 or 4.2"
-                        )))
-                    }
-                }
-            }
+            KEY_NFS_VERSION => version = NfsVersion::parse(value)?,
             KEY_MOUNT_PERMISSIONS => {
                 let mode = u32::from_str_radix(value.trim_start_matches("0o"), 8)
                     .ok()
@@ -190,6 +194,9 @@ pub(crate) fn checked_sub_dir(path: &str) -> Result<String> {
     }
     if path.len() > 1024 || path.contains('\0') {
         return Err(bad("too long or contains NUL"));
+    }
+    if path.split('/').next() == Some(crate::volume_id::SNAPSHOTS_DIR) {
+        return Err(bad("reserved for Warren's snapshots"));
     }
     for part in path.split('/') {
         match part {
@@ -303,6 +310,7 @@ mod tests {
         refused(&[("subDir", "../escape")], "not allowed");
         refused(&[("subDir", "/abs")], "relative");
         refused(&[("subDir", "a//b")], "empty path component");
+        refused(&[("subDir", ".warren-snapshots/x")], "reserved");
         refused(&[("subDir", "${pvc.metadata.uid}")], "unknown placeholder");
         refused(&[("subDir", "${pvc.metadata.name")], "unclosed");
         refused(

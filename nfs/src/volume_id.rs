@@ -90,6 +90,84 @@ impl std::fmt::Display for NfsVolumeId {
     }
 }
 
+/// A snapshot of an NFS volume: a copy of its sub-directory made on the same server, in
+/// `<share>/.warren-snapshots/<key>` (32 lowercase hex digits, random). The ID names the
+/// export and the key, so deleting it or restoring from it needs no record:
+///
+/// ```text
+/// nfssnap#<server>#<share>#<key>
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsSnapshotId {
+    pub server: String,
+    pub share: String,
+    pub key: String,
+}
+
+/// Where snapshots live on the export. No volume's sub-directory may start with it
+/// (`params::checked_sub_dir`), so a volume can never be, or hold, a snapshot.
+pub const SNAPSHOTS_DIR: &str = ".warren-snapshots";
+const SNAPSHOT_PREFIX: &str = "nfssnap";
+
+impl NfsSnapshotId {
+    /// A new snapshot of `volume`, kept on the same export.
+    pub fn new(volume: &NfsVolumeId, key: &str) -> Self {
+        NfsSnapshotId {
+            server: volume.server.clone(),
+            share: volume.share.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    pub fn is_nfs(id: &str) -> bool {
+        id.starts_with("nfssnap#")
+    }
+
+    /// The snapshot's directory, relative to the share.
+    pub fn sub_dir(&self) -> String {
+        format!("{SNAPSHOTS_DIR}/{}", self.key)
+    }
+
+    pub fn parse(id: &str) -> Result<Self> {
+        let bad = |why: &str| Error::InvalidArgument(format!("malformed NFS snapshot id: {why}"));
+        if id.len() > MAX_LEN {
+            return Err(bad("too long"));
+        }
+        let parts: Vec<&str> = id.split('#').collect();
+        let [prefix, server, share, key] = parts[..] else {
+            return Err(bad("expected nfssnap#server#share#key"));
+        };
+        if prefix != SNAPSHOT_PREFIX {
+            return Err(bad("wrong prefix"));
+        }
+        if key.len() != 32
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad("the key is not 32 lowercase hex digits"));
+        }
+        let check = |e: Error| bad(&e.to_string());
+        Ok(NfsSnapshotId {
+            server: params::server_name(&unescape(server)?).map_err(check)?,
+            share: params::share_path(&unescape(share)?).map_err(check)?,
+            key: key.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for NfsSnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{SNAPSHOT_PREFIX}#{}#{}#{}",
+            escape(&self.server),
+            escape(&self.share),
+            self.key
+        )
+    }
+}
+
 fn escape(field: &str) -> String {
     field.replace('%', "%25").replace('#', "%23")
 }
@@ -167,5 +245,32 @@ mod tests {
         }
         let long = format!("nfs#h#/s#{}#delete", "a/".repeat(300) + "a");
         assert!(NfsVolumeId::parse(&long).is_err());
+    }
+
+    #[test]
+    fn snapshot_ids_round_trip_and_forgeries_are_refused() {
+        let volume = id("nfs.example.com", "/srv/a#b", "pvc-1", OnDelete::Delete);
+        let snap = NfsSnapshotId::new(&volume, "0123456789abcdef0123456789abcdef");
+        let text = snap.to_string();
+        assert_eq!(
+            text,
+            "nfssnap#nfs.example.com#/srv/a%23b#0123456789abcdef0123456789abcdef"
+        );
+        assert!(NfsSnapshotId::is_nfs(&text) && !NfsVolumeId::is_nfs(&text));
+        assert_eq!(NfsSnapshotId::parse(&text).unwrap(), snap);
+        assert_eq!(
+            snap.sub_dir(),
+            ".warren-snapshots/0123456789abcdef0123456789abcdef"
+        );
+        for bad in [
+            "nfssnap#h#/s#../../etc",
+            "nfssnap#h#/s#0123456789ABCDEF0123456789abcdef",
+            "nfssnap#h#/s#0123",
+            "nfssnap#h#rel#0123456789abcdef0123456789abcdef",
+            "nfs#h#/s#0123456789abcdef0123456789abcdef",
+            "nfssnap#h#/s#0123456789abcdef0123456789abcdef#x",
+        ] {
+            assert!(NfsSnapshotId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

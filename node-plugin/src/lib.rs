@@ -11,6 +11,7 @@ pub mod local;
 pub mod loopdev;
 pub mod mounter;
 pub mod mountinfo;
+pub mod nfs;
 pub mod paths;
 pub mod service;
 pub mod stage;

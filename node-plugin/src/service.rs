@@ -1,5 +1,5 @@
-//! The CSI Node service: thin gRPC handlers over `Stager` (stage/publish work) and
-//! `LocalStore` (what this node holds).
+//! The CSI Node service: thin gRPC handlers over `Stager` (stage/publish work on local
+//! volumes), `NfsStager` (NFS volumes) and `LocalStore` (what this node holds).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,27 +10,46 @@ use csi_proto::v1::node_service_capability::{rpc, Rpc, Type as CapType};
 use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
-use warren_core::capability::{parse_capability, Access};
+use warren_core::capability::{parse_capability, parse_shared_capability, Access, Requested};
 use warren_core::ids::VolumeId;
+use warren_core::lock::KeyedLocks;
 use warren_core::params::CONTEXT_FS_TYPE;
 use warren_core::TOPOLOGY_KEY;
+use warren_nfs::volume_id::NfsVolumeId;
 
 use crate::error::Result;
 use crate::local::LocalStore;
 use crate::mounter::Mounter;
+use crate::nfs::{Deadlines, NfsStager};
 use crate::paths::check_under_root;
 use crate::stage::{Stager, Stats};
 
 pub struct NodeService {
     store: LocalStore,
     stager: Arc<Stager>,
+    nfs: Arc<NfsStager>,
+    /// NFS volumes have no local key; their calls are serialized by ID.
+    nfs_locks: KeyedLocks,
     kubelet_dir: PathBuf,
 }
 
+/// The volume a node call is about.
+enum Target {
+    Local(VolumeId),
+    Nfs(NfsVolumeId),
+}
+
 impl NodeService {
-    pub fn new(store: LocalStore, mounter: Arc<dyn Mounter>, kubelet_dir: PathBuf) -> Self {
+    pub fn new(
+        store: LocalStore,
+        mounter: Arc<dyn Mounter>,
+        kubelet_dir: PathBuf,
+        nfs_deadlines: Deadlines,
+    ) -> Self {
         NodeService {
-            stager: Arc::new(Stager::new(store.clone(), mounter)),
+            stager: Arc::new(Stager::new(store.clone(), mounter.clone())),
+            nfs: Arc::new(NfsStager::new(mounter, nfs_deadlines)),
+            nfs_locks: KeyedLocks::default(),
             store,
             kubelet_dir,
         }
@@ -43,15 +62,30 @@ impl NodeService {
     /// For calls that read what is at a volume path (stats, expand): after the required
     /// fields, an unknown volume is NOT_FOUND, and so is a path that cannot hold it (not
     /// below the kubelet dir): nothing is ever created there.
-    fn volume_at_path(&self, raw_id: &str, raw_path: &str) -> Result<(VolumeId, PathBuf), Status> {
+    fn volume_at_path(&self, raw_id: &str, raw_path: &str) -> Result<(Target, PathBuf), Status> {
         if raw_path.is_empty() {
             return Err(Status::invalid_argument("volume_path is required"));
         }
-        let id = volume_id(raw_id)?;
+        let id = target(raw_id)?;
         let path = self
             .path("volume_path", raw_path)
-            .map_err(|e| Status::not_found(format!("volume {id} is not at that path: {e}")))?;
+            .map_err(|e| Status::not_found(format!("volume {raw_id} is not at that path: {e}")))?;
         Ok((id, path))
+    }
+
+    /// Runs blocking work on an NFS volume under its lock.
+    async fn nfs_locked<T: Send + 'static>(
+        &self,
+        id: NfsVolumeId,
+        f: impl FnOnce(&NfsStager, &NfsVolumeId) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _guard = self.nfs_locks.lock(&id.to_string()).await;
+        let nfs = self.nfs.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&nfs, &id)))
+            .await
+            .map_err(|e| Status::internal(format!("node task failed: {e}")))?
+            .map_err(Status::from)
     }
 
     /// Runs blocking stage/publish work under the volume's lock.
@@ -69,6 +103,27 @@ impl NodeService {
             .map_err(|e| Status::internal(format!("node task failed: {e}")))?
             .map_err(Status::from)
     }
+}
+
+/// The volume a node request names: an NFS volume by its `nfs#` ID, else a local one.
+fn target(raw: &str) -> Result<Target, Status> {
+    if NfsVolumeId::is_nfs(raw) {
+        return NfsVolumeId::parse(raw)
+            .map(Target::Nfs)
+            .map_err(|e| Status::not_found(format!("no such volume: {e}")));
+    }
+    volume_id(raw).map(Target::Local)
+}
+
+/// The capability of a node request: every access mode for NFS volumes, single-node
+/// modes for local ones.
+fn capability(target: &Target, cap: Option<&VolumeCapability>) -> Result<Requested, Status> {
+    let cap = required("volume_capability", cap)?;
+    match target {
+        Target::Nfs(_) => parse_shared_capability(cap),
+        Target::Local(_) => parse_capability(cap),
+    }
+    .map_err(Status::from)
 }
 
 /// A volume id from a node request. A malformed id cannot name a volume Warren made, so it
@@ -100,11 +155,24 @@ impl Node for NodeService {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let mut cap = parse_capability(required(
-            "volume_capability",
-            req.volume_capability.as_ref(),
-        )?)
-        .map_err(Status::from)?;
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let target = target(&req.volume_id);
+        let mut cap = match &target {
+            Ok(t) => capability(t, req.volume_capability.as_ref())?,
+            Err(_) => parse_capability(required(
+                "volume_capability",
+                req.volume_capability.as_ref(),
+            )?)
+            .map_err(Status::from)?,
+        };
+        if let Ok(Target::Nfs(id)) = target {
+            let context = req.volume_context;
+            self.nfs_locked(id, move |n, id| n.stage(id, &staging, &cap, &context))
+                .await?;
+            return Ok(Response::new(NodeStageVolumeResponse {}));
+        }
         // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
         if let (Access::Mount { fs_type, .. }, Some(default)) =
             (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
@@ -125,9 +193,13 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.unstage(id, &staging))
-            .await?;
+        match target(&req.volume_id)? {
+            Target::Nfs(id) => self.nfs_locked(id, move |n, _| n.unstage(&staging)).await?,
+            Target::Local(id) => {
+                self.locked(id, move |s, id| s.unstage(id, &staging))
+                    .await?
+            }
+        }
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -138,14 +210,32 @@ impl Node for NodeService {
         let req = req.into_inner();
         // Warren stages every volume, so the staging path is required here too.
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        let target = self.path("target_path", &req.target_path)?;
-        let cap = parse_capability(required(
-            "volume_capability",
-            req.volume_capability.as_ref(),
-        )?)
-        .map_err(Status::from)?;
-        let id = volume_id(&req.volume_id)?;
+        let target_path = self.path("target_path", &req.target_path)?;
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id is required"));
+        }
+        let volume = target(&req.volume_id);
+        let cap = match &volume {
+            Ok(t) => capability(t, req.volume_capability.as_ref())?,
+            Err(_) => parse_capability(required(
+                "volume_capability",
+                req.volume_capability.as_ref(),
+            )?)
+            .map_err(Status::from)?,
+        };
         let read_only = req.readonly || cap.read_only_mode();
+        let id = match volume? {
+            Target::Nfs(id) => {
+                let context = req.volume_context;
+                self.nfs_locked(id, move |n, id| {
+                    n.publish(id, &staging, &target_path, &cap, &context, read_only)
+                })
+                .await?;
+                return Ok(Response::new(NodePublishVolumeResponse {}));
+            }
+            Target::Local(id) => id,
+        };
+        let target = target_path;
         self.locked(id, move |s, id| {
             s.publish(id, &staging, &target, &cap, read_only)
         })
@@ -158,10 +248,17 @@ impl Node for NodeService {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        let target = self.path("target_path", &req.target_path)?;
-        let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.unpublish(id, &target))
-            .await?;
+        let target_path = self.path("target_path", &req.target_path)?;
+        match target(&req.volume_id)? {
+            Target::Nfs(id) => {
+                self.nfs_locked(id, move |n, _| n.unpublish(&target_path))
+                    .await?
+            }
+            Target::Local(id) => {
+                self.locked(id, move |s, id| s.unpublish(id, &target_path))
+                    .await?
+            }
+        }
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -170,28 +267,35 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        let (id, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
+        let (volume, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         let stager = self.stager.clone();
+        let nfs = self.nfs.clone();
         let span = tracing::Span::current();
-        let (stats, condition) =
-            tokio::task::spawn_blocking(move || span.in_scope(|| stager.stats(&id, &path)))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(Status::from)?;
+        // No lock: stats only read, and must answer while a slow stage holds the lock.
+        let (stats, condition) = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| match volume {
+                Target::Local(id) => stager.stats(&id, &path).map(|(s, c)| (Some(s), c)),
+                Target::Nfs(id) => nfs.stats(&id, &path),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)?;
         let usage = match stats {
-            Stats::Block { bytes } => vec![VolumeUsage {
+            None => vec![],
+            Some(Stats::Block { bytes }) => vec![VolumeUsage {
                 total: bytes as i64,
                 unit: Unit::Bytes as i32,
                 ..Default::default()
             }],
-            Stats::Fs {
+            Some(Stats::Fs {
                 bytes_total,
                 bytes_available,
                 bytes_used,
                 inodes_total,
                 inodes_free,
                 inodes_used,
-            } => vec![
+            }) => vec![
                 VolumeUsage {
                     available: bytes_available as i64,
                     total: bytes_total as i64,
@@ -220,15 +324,27 @@ impl Node for NodeService {
         req: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
-        let (id, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
+        let (volume, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         if let Some(cap) = req.volume_capability.as_ref() {
-            parse_capability(cap).map_err(Status::from)?;
+            capability(&volume, Some(cap))?;
         }
         let required_bytes = req
             .capacity_range
             .as_ref()
             .map(|r| r.required_bytes.max(0) as u64)
             .unwrap_or(0);
+        let id = match volume {
+            // Nothing to grow on the node: NFS sizes are the server's business (and plain
+            // NFS enforces none).
+            Target::Nfs(id) => {
+                self.nfs_locked(id, move |n, id| n.stats(id, &path).map(drop))
+                    .await?;
+                return Ok(Response::new(NodeExpandVolumeResponse {
+                    capacity_bytes: required_bytes as i64,
+                }));
+            }
+            Target::Local(id) => id,
+        };
         let bytes = self
             .locked(id, move |s, id| s.expand(id, &path, required_bytes))
             .await?;

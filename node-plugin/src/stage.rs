@@ -42,16 +42,36 @@ pub enum Stats {
     },
 }
 
+impl Stats {
+    /// Usage as a file system's `statvfs` gives it.
+    pub fn of(st: &nix::sys::statvfs::Statvfs) -> Stats {
+        let frsize = st.fragment_size() as u64;
+        let (total, free, avail) = (
+            st.blocks() as u64 * frsize,
+            st.blocks_free() as u64 * frsize,
+            st.blocks_available() as u64 * frsize,
+        );
+        Stats::Fs {
+            bytes_total: total,
+            bytes_available: avail,
+            bytes_used: total.saturating_sub(free),
+            inodes_total: st.files() as u64,
+            inodes_free: st.files_free() as u64,
+            inodes_used: (st.files() as u64).saturating_sub(st.files_free() as u64),
+        }
+    }
+}
+
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.to_string();
     move |e| Error::Core(CoreError::io(what)(e))
 }
 
-fn conflict(msg: String) -> Error {
+pub(crate) fn conflict(msg: String) -> Error {
     Error::Core(CoreError::AlreadyExists(msg))
 }
 
-fn precondition(msg: String) -> Error {
+pub(crate) fn precondition(msg: String) -> Error {
     Error::Core(CoreError::FailedPrecondition(msg))
 }
 
@@ -288,23 +308,9 @@ impl Stager {
             ));
         }
         let st = nix::sys::statvfs::statvfs(path).map_err(Error::sys("statvfs", path))?;
-        let frsize = st.fragment_size() as u64;
-        let (total, free, avail) = (
-            st.blocks() as u64 * frsize,
-            st.blocks_free() as u64 * frsize,
-            st.blocks_available() as u64 * frsize,
-        );
         // For a directory volume this is its host file system: what the volume can really
         // use, since that layout does not enforce a size.
-        let stats = Stats::Fs {
-            bytes_total: total,
-            bytes_available: avail,
-            bytes_used: total - free,
-            inodes_total: st.files() as u64,
-            inodes_free: st.files_free() as u64,
-            inodes_used: (st.files() - st.files_free()) as u64,
-        };
-        Ok((stats, condition))
+        Ok((Stats::of(&st), condition))
     }
 
     pub fn expand(&self, id: &VolumeId, path: &Path, required_bytes: u64) -> Result<u64> {
@@ -338,7 +344,7 @@ impl Stager {
 
 /// SINGLE_NODE_SINGLE_WRITER allows one publish at a time; `others` are the volume's
 /// publishes at other targets.
-fn single_writer_check<'a>(
+pub(crate) fn single_writer_check<'a>(
     cap: &Requested,
     mut others: impl Iterator<Item = &'a MountEntry>,
 ) -> Result<()> {
@@ -361,7 +367,7 @@ fn same_device_node(target: &Path, dev: &Path) -> bool {
     }
 }
 
-fn ensure_dir(path: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))
 }
 
@@ -387,7 +393,7 @@ fn target_exists(path: &Path) -> bool {
 
 /// Removes the (now unmounted) target file or empty directory. Never recursive: if a
 /// directory still has content, something is wrong and deleting it would lose data.
-fn remove_target(path: &Path) -> Result<()> {
+pub(crate) fn remove_target(path: &Path) -> Result<()> {
     let result = match fs::symlink_metadata(path) {
         Err(_) => return Ok(()),
         Ok(m) if m.is_dir() => fs::remove_dir(path),

@@ -44,7 +44,12 @@ impl Fixture {
         let kubelet = dir.path().join("kubelet");
         std::fs::create_dir_all(&kubelet).unwrap();
         let store = LocalStore::open(NODE, &root, Arc::new(LoopDevices)).unwrap();
-        let node = NodeService::new(store.clone(), Arc::new(SystemMounter), kubelet.clone());
+        let node = NodeService::new(
+            store.clone(),
+            Arc::new(SystemMounter),
+            kubelet.clone(),
+            Default::default(),
+        );
         Fixture {
             _dir: dir,
             root,

@@ -1,5 +1,6 @@
 //! What a VolumeCapability asks for, checked once for both controller and node.
-//! Local volumes live on one node, so only the single-node access modes are offered.
+//! Local volumes live on one node, so only the single-node access modes are offered for
+//! them; NFS volumes take every mode.
 
 use csi_proto::v1::volume_capability::access_mode::Mode;
 use csi_proto::v1::volume_capability::AccessType;
@@ -25,13 +26,32 @@ pub struct Requested {
 impl Requested {
     /// Reader-only modes mean every mount is read-only, whatever `readonly` says.
     pub fn read_only_mode(&self) -> bool {
-        self.mode == Mode::SingleNodeReaderOnly
+        matches!(
+            self.mode,
+            Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly
+        )
     }
 }
 
-/// Parses one capability; INVALID_ARGUMENT when it is incomplete or asks for what a local
-/// volume cannot give.
+/// Parses one capability of a volume that lives on one node (local volumes);
+/// INVALID_ARGUMENT when it is incomplete or asks for a multi-node access mode.
 pub fn parse_capability(cap: &VolumeCapability) -> Result<Requested> {
+    let requested = parse_shared_capability(cap)?;
+    match requested.mode {
+        Mode::SingleNodeWriter
+        | Mode::SingleNodeReaderOnly
+        | Mode::SingleNodeSingleWriter
+        | Mode::SingleNodeMultiWriter => Ok(requested),
+        multi => Err(Error::InvalidArgument(format!(
+            "access mode {} is not supported by local volumes: they live on one node \
+             (use ReadWriteOnce or ReadWriteOncePod)",
+            multi.as_str_name()
+        ))),
+    }
+}
+
+/// Parses one capability of a volume every node can reach (NFS): any access mode.
+pub fn parse_shared_capability(cap: &VolumeCapability) -> Result<Requested> {
     let access = match &cap.access_type {
         Some(AccessType::Mount(m)) => Access::Mount {
             fs_type: m.fs_type.clone(),
@@ -50,29 +70,33 @@ pub fn parse_capability(cap: &VolumeCapability) -> Result<Requested> {
         .and_then(|m| Mode::try_from(m.mode).ok())
         .unwrap_or(Mode::Unknown);
     match mode {
-        Mode::SingleNodeWriter
-        | Mode::SingleNodeReaderOnly
-        | Mode::SingleNodeSingleWriter
-        | Mode::SingleNodeMultiWriter => Ok(Requested { access, mode }),
         Mode::Unknown => Err(Error::InvalidArgument(
             "volume_capability.access_mode is required".into(),
         )),
-        multi => Err(Error::InvalidArgument(format!(
-            "access mode {} is not supported by local volumes: they live on one node \
-             (use ReadWriteOnce or ReadWriteOncePod)",
-            multi.as_str_name()
-        ))),
+        mode => Ok(Requested { access, mode }),
     }
 }
 
 /// Parses a list of capabilities; at least one is required.
 pub fn parse_capabilities(caps: &[VolumeCapability]) -> Result<Vec<Requested>> {
+    required(caps)?.iter().map(parse_capability).collect()
+}
+
+/// Parses a list of capabilities of a volume every node can reach.
+pub fn parse_shared_capabilities(caps: &[VolumeCapability]) -> Result<Vec<Requested>> {
+    required(caps)?
+        .iter()
+        .map(parse_shared_capability)
+        .collect()
+}
+
+fn required(caps: &[VolumeCapability]) -> Result<&[VolumeCapability]> {
     if caps.is_empty() {
         return Err(Error::InvalidArgument(
             "volume_capabilities is required".into(),
         ));
     }
-    caps.iter().map(parse_capability).collect()
+    Ok(caps)
 }
 
 #[cfg(test)]
@@ -108,5 +132,19 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }
         assert!(parse_capabilities(&[]).is_err());
+    }
+
+    #[test]
+    fn shared_volumes_take_every_mode_and_reader_modes_are_read_only() {
+        let mount = || Some(AccessType::Mount(MountVolume::default()));
+        for mode in [Mode::MultiNodeMultiWriter, Mode::MultiNodeSingleWriter] {
+            let r = parse_shared_capability(&cap(mount(), mode)).unwrap();
+            assert!(!r.read_only_mode());
+        }
+        let r = parse_shared_capability(&cap(mount(), Mode::MultiNodeReaderOnly)).unwrap();
+        assert!(r.read_only_mode());
+        assert!(parse_shared_capability(&cap(mount(), Mode::Unknown)).is_err());
+        assert!(parse_shared_capability(&cap(None, Mode::MultiNodeMultiWriter)).is_err());
+        assert!(parse_shared_capabilities(&[]).is_err());
     }
 }

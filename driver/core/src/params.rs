@@ -12,6 +12,23 @@ use crate::storage::Allocation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Local,
+    /// A sub-directory on an existing NFS server; its parameters are the `warren-nfs`
+    /// crate's to parse.
+    Nfs,
+}
+
+/// The backend a StorageClass asks for (`backend`, `local` when absent).
+pub fn backend(params: &HashMap<String, String>) -> Result<Backend> {
+    match params.get(KEY_BACKEND).map(String::as_str) {
+        None | Some("local") => Ok(Backend::Local),
+        Some("nfs") => Ok(Backend::Nfs),
+        Some(b @ ("share" | "replicated")) => Err(Error::InvalidArgument(format!(
+            "backend {b:?} is not available in this version of Warren (supported: \"local\", \"nfs\")"
+        ))),
+        Some(other) => Err(Error::InvalidArgument(format!(
+            "unknown backend {other:?} (supported: \"local\", \"nfs\")"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,22 +52,12 @@ pub const KEY_FS_TYPE: &str = "fsType";
 /// Volume-context key carrying the StorageClass's `fsType` to NodeStageVolume.
 pub const CONTEXT_FS_TYPE: &str = "warren.csi.dev/fsType";
 
-/// Parses CreateVolume's `parameters`.
+/// Parses CreateVolume's `parameters` of a `backend: local` class.
 pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
-    let backend = match params.get(KEY_BACKEND).map(String::as_str) {
-        None | Some("local") => Backend::Local,
-        Some(b @ ("nfs" | "share" | "replicated")) => {
-            return Err(Error::InvalidArgument(format!(
-                "backend {b:?} is not available in this version of Warren (supported: \"local\")"
-            )))
-        }
-        Some(other) => {
-            return Err(Error::InvalidArgument(format!(
-                "unknown backend {other:?} (supported: \"local\")"
-            )))
-        }
-    };
-    match backend {
+    match backend(params)? {
+        Backend::Nfs => Err(Error::InvalidArgument(
+            "backend \"nfs\" is not a local volume".into(),
+        )),
         Backend::Local => {
             let mut local = LocalParams {
                 layout: Layout::Image,
@@ -118,10 +125,18 @@ mod tests {
     }
 
     #[test]
+    fn backends() {
+        assert_eq!(backend(&p(&[])).unwrap(), Backend::Local);
+        assert_eq!(backend(&p(&[("backend", "nfs")])).unwrap(), Backend::Nfs);
+        assert!(backend(&p(&[("backend", "NFS")])).is_err());
+        assert!(parse_params(&p(&[("backend", "nfs")])).is_err());
+    }
+
+    #[test]
     fn unknown_values_and_keys_are_refused() {
         for bad in [
             p(&[("backend", "ceph")]),
-            p(&[("backend", "nfs")]),
+            p(&[("backend", "share")]),
             p(&[("layout", "zfs")]),
             p(&[("allocation", "lazy")]),
             p(&[("fsType", "ntfs")]),
