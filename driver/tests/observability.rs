@@ -45,6 +45,8 @@ fn start_with_metrics(port: u16) -> Warren {
     let w = Warren {
         dir,
         child: Some(child),
+        launcher: vec![],
+        extra_args: vec![],
     };
     wait_for_socket(&socket);
     w

@@ -19,6 +19,10 @@ pub const NODE: &str = "it-node";
 pub struct Warren {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    /// A command the binary runs under (`ip netns exec NS`), and flags it gets after the
+    /// usual ones.
+    pub launcher: Vec<String>,
+    pub extra_args: Vec<String>,
 }
 
 impl Warren {
@@ -33,7 +37,20 @@ impl Warren {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Warren {
-        let mut w = Warren { dir, child: None };
+        Self::start_with(dir, vec![], vec![])
+    }
+
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        launcher: Vec<String>,
+        extra_args: Vec<String>,
+    ) -> Warren {
+        let mut w = Warren {
+            dir,
+            child: None,
+            launcher,
+            extra_args,
+        };
         w.spawn();
         w
     }
@@ -59,7 +76,16 @@ impl Warren {
             .append(true)
             .open(d.join("warren.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        let binary = env!("CARGO_BIN_EXE_warren");
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("all")
             .arg("--endpoint")
             .arg(format!("unix://{}", self.socket().display()))
@@ -70,6 +96,7 @@ impl Warren {
             .arg(self.storage())
             .arg("--kubelet-dir")
             .arg(self.kubelet())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

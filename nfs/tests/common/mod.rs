@@ -27,9 +27,19 @@ pub fn found(program: &str) -> bool {
         .any(|d| Path::new(d).join(program).exists())
 }
 
+/// Where NFSv4 clients find the export.
+pub enum Pseudo {
+    /// `/export`.
+    Export,
+    /// The export's real path, as v3 clients see it too: one `share` parameter serves
+    /// both versions.
+    SameAsPath,
+}
+
 /// A network namespace with Ganesha (and rpcbind, which it registers with) in it.
 pub struct Server {
     pub netns: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
     ganesha: Child,
     rpcbind: Child,
     pub export: tempfile::TempDir,
@@ -37,7 +47,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Ganesha with its export at the pseudo path /export for NFSv4 (the real path for
+    /// v3's MOUNT).
     pub fn start() -> Server {
+        Self::start_with(Pseudo::Export)
+    }
+
+    pub fn start_with(pseudo: Pseudo) -> Server {
+        // One server at a time: rpcbind's lock file and Unix socket (/run/rpcbind.*) are
+        // not in the network namespace, so two would share them and Ganesha would register
+        // with the wrong one. Tests of one binary run in parallel; they queue here.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let netns = format!("wrn-nfs-{}", std::process::id());
         let ip = |args: &[&str]| {
             let ok = Command::new("ip").args(args).status().map(|s| s.success());
@@ -60,10 +81,14 @@ impl Server {
                  Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
                  NFSv4 {{ Graceless = true; RecoveryRoot = {recovery}; Only_Numeric_Owners = true; }}\n\
                  EXPORT_DEFAULTS {{ Access_Type = RW; Squash = No_Root_Squash; SecType = sys; }}\n\
-                 EXPORT {{ Export_Id = 1; Path = {export}; Pseudo = /export; Protocols = 3, 4; \
+                 EXPORT {{ Export_Id = 1; Path = {export}; Pseudo = {pseudo}; Protocols = 3, 4; \
                  Transports = TCP; FSAL {{ Name = VFS; }} }}\n",
                 recovery = work.path().join("recovery").display(),
                 export = export.path().display(),
+                pseudo = match pseudo {
+                    Pseudo::Export => "/export".to_string(),
+                    Pseudo::SameAsPath => export.path().display().to_string(),
+                },
             ),
         )
         .unwrap();
@@ -78,6 +103,24 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rpcbind");
+        // Ganesha registers its services with rpcbind once, at startup: rpcbind must be
+        // listening first, or the portmapper never learns the ports.
+        let ns_path = format!("/run/netns/{netns}");
+        let rpcbind_up = std::thread::spawn(move || {
+            let fd = std::fs::File::open(&ns_path).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if std::net::TcpStream::connect(("127.0.0.1", 111)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+        .join()
+        .unwrap();
+        assert!(rpcbind_up, "rpcbind did not listen within 20 s");
         let ganesha = in_netns("ganesha.nfsd")
             .arg("-F")
             .arg("-f")
@@ -92,12 +135,18 @@ impl Server {
             .spawn()
             .expect("start ganesha.nfsd");
         Server {
+            _turn: turn,
             netns,
             ganesha,
             rpcbind,
             export,
             _work: work,
         }
+    }
+
+    /// Ganesha's process (`ip netns exec` execs it, so the child is Ganesha itself).
+    pub fn ganesha_pid(&self) -> u32 {
+        self.ganesha.id()
     }
 
     pub fn log(&self) -> String {
@@ -167,14 +216,24 @@ pub fn options() -> ExportOptions {
 }
 
 impl Server {
-    /// Waits until the MOUNT service answers (Ganesha takes a moment to start exports).
+    /// Waits until the MOUNT service answers (Ganesha takes a moment to start exports),
+    /// at its fixed port and through the portmapper (it registers with rpcbind a moment
+    /// after it listens).
     pub fn wait_ready(&self) {
         let share = self.export.path().display().to_string();
         let ready = self.client(move || {
-            let export = Export::new("127.0.0.1", &share, options());
+            let fixed = Export::new("127.0.0.1", &share, options());
+            let mapped_options = ExportOptions {
+                mount_port: None,
+                nfs_port: None,
+                ..options()
+            };
+            let mapped = Export::new("127.0.0.1", &share, mapped_options);
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(30) {
-                if block_on(export.exists("probe")).is_ok() {
+                if block_on(fixed.exists("probe")).is_ok()
+                    && block_on(mapped.exists("probe")).is_ok()
+                {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(200));
