@@ -39,6 +39,7 @@ pub enum Pseudo {
 /// A network namespace with Ganesha (and rpcbind, which it registers with) in it.
 pub struct Server {
     pub netns: String,
+    pub nfs_port: u16,
     _turn: std::sync::MutexGuard<'static, ()>,
     ganesha: Child,
     rpcbind: Child,
@@ -50,10 +51,11 @@ impl Server {
     /// Ganesha with its export at the pseudo path /export for NFSv4 (the real path for
     /// v3's MOUNT).
     pub fn start() -> Server {
-        Self::start_with(Pseudo::Export)
+        Self::start_with(Pseudo::Export, NFS_PORT)
     }
 
-    pub fn start_with(pseudo: Pseudo) -> Server {
+    /// `nfs_port`: 2049 lets a kernel client mount NFSv4 without a `port=` option.
+    pub fn start_with(pseudo: Pseudo, nfs_port: u16) -> Server {
         // One server at a time: rpcbind's lock file and Unix socket (/run/rpcbind.*) are
         // not in the network namespace, so two would share them and Ganesha would register
         // with the wrong one. Tests of one binary run in parallel; they queue here.
@@ -77,7 +79,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "NFS_CORE_PARAM {{ NFS_Port = {NFS_PORT}; MNT_Port = {MOUNT_PORT}; \
+                "NFS_CORE_PARAM {{ NFS_Port = {nfs_port}; MNT_Port = {MOUNT_PORT}; \
                  Protocols = 3, 4; Enable_NLM = false; Enable_RQUOTA = false; }}\n\
                  NFSv4 {{ Graceless = true; RecoveryRoot = {recovery}; Only_Numeric_Owners = true; }}\n\
                  EXPORT_DEFAULTS {{ Access_Type = RW; Squash = No_Root_Squash; SecType = sys; }}\n\
@@ -136,6 +138,7 @@ impl Server {
             .expect("start ganesha.nfsd");
         Server {
             _turn: turn,
+            nfs_port,
             netns,
             ganesha,
             rpcbind,
@@ -221,8 +224,13 @@ impl Server {
     /// after it listens).
     pub fn wait_ready(&self) {
         let share = self.export.path().display().to_string();
+        let nfs_port = self.nfs_port;
         let ready = self.client(move || {
-            let fixed = Export::new("127.0.0.1", &share, options());
+            let fixed_options = ExportOptions {
+                nfs_port: Some(nfs_port),
+                ..options()
+            };
+            let fixed = Export::new("127.0.0.1", &share, fixed_options);
             let mapped_options = ExportOptions {
                 mount_port: None,
                 nfs_port: None,
