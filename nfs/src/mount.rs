@@ -105,7 +105,10 @@ pub fn unmount(target: &Path, deadline: Duration) -> Result<bool> {
     }
 }
 
-fn force_detach(target: &Path) {
+/// Forces and detaches the mount at `target`: it never waits for the server. Cached
+/// writes that the server never took are lost, so callers use it only for a server that
+/// does not answer.
+pub fn force_detach(target: &Path) {
     let flags = nix::mount::MntFlags::MNT_FORCE | nix::mount::MntFlags::MNT_DETACH;
     if let Err(e) = nix::mount::umount2(target, flags) {
         tracing::warn!(target = %target.display(), error = %e, "forced unmount failed");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use warren_core::capability::{Access, Requested};
 use warren_core::storage::Condition;
 use warren_core::Error as CoreError;
-use warren_nfs::mount::{mount, unmount};
+use warren_nfs::mount::{force_detach, mount, unmount};
 use warren_nfs::mount_options::{mount_request, MountRequest};
 use warren_nfs::params::{NfsParams, NfsVersion, CONTEXT_NFS_VERSION};
 use warren_nfs::probe::{probe, Probe};
@@ -113,8 +113,23 @@ impl NfsStager {
         )
     }
 
+    /// Unmounts, waiting for the server at most the probe deadline. A busy mount is left
+    /// alone (a pod may still use it) unless its server does not answer: then nothing
+    /// can reach it anyway (and Warren's own stuck probe may be what keeps it busy), so
+    /// it is forced and detached.
     fn unmount(&self, path: &Path) -> Result<()> {
-        if unmount(path, self.deadlines.probe).map_err(CoreError::from)? {
+        let forced = match unmount(path, self.deadlines.probe) {
+            Ok(forced) => forced,
+            Err(warren_nfs::Error::Mount {
+                errno: nix::errno::Errno::EBUSY,
+                ..
+            }) if !matches!(probe(path, self.deadlines.probe), Probe::Healthy(_)) => {
+                force_detach(path);
+                true
+            }
+            Err(e) => return Err(CoreError::from(e).into()),
+        };
+        if forced {
             tracing::warn!(path = %path.display(), "NFS server did not answer; the mount was forced and detached");
         }
         Ok(())
@@ -194,8 +209,11 @@ impl NfsStager {
             .ok_or_else(|| precondition(format!("volume {id} is not staged")))?;
         let same = |m: &MountEntry| m.major_minor == staged.major_minor && m.root == staged.root;
         if let Some(old) = mount_at(&mounts, target) {
-            if is_nfs(old) && old.source == staged.source && !same(old) {
-                // Bound to a mount that was replaced (a stale handle): bind again.
+            // Bound to a mount that was replaced, or to a directory the server no longer
+            // knows (the new mount may share the old one's superblock and root path, so
+            // only the probe can tell): bind again.
+            let replaced = is_nfs(old) && old.source == staged.source && !same(old);
+            if replaced || matches!(probe(target, self.deadlines.probe), Probe::Stale) {
                 self.unmount(target)?;
                 mounts = mountinfo::read()?;
             }
