@@ -38,6 +38,12 @@ pub struct VolumeRecord {
     /// The StorageClass's `fsType`, handed to the node in the volume context.
     #[serde(default)]
     pub fs_type: Option<String>,
+    /// `backend: share`: its node serves it over NFS to the other nodes.
+    #[serde(default)]
+    pub shared: bool,
+    /// Where its node serves it (`IP:PORT`), once created.
+    #[serde(default)]
+    pub share_endpoint: Option<String>,
     pub state: State,
 }
 
@@ -213,6 +219,8 @@ mod tests {
             source: None,
             block: false,
             fs_type: None,
+            shared: false,
+            share_endpoint: None,
             state: State::Creating,
         }
     }

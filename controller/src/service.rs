@@ -9,11 +9,14 @@ use csi_proto::v1::controller_service_capability::{rpc, Rpc, Type as CapType};
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 use warren_core::capability::{
-    parse_capabilities, parse_capability, parse_shared_capability, Access,
+    parse_capabilities, parse_capability, parse_shared_capabilities, parse_shared_capability,
+    Access,
 };
 use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
 use warren_core::lock::KeyedLocks;
-use warren_core::params::{backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE};
+use warren_core::params::{
+    backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE, CONTEXT_SHARE,
+};
 use warren_core::storage::{ContentSource, SnapshotInfo, VolumeSpec};
 use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
@@ -73,6 +76,9 @@ fn csi_volume(rec: &VolumeRecord) -> Volume {
     if let Some(fs) = &rec.fs_type {
         volume_context.insert(CONTEXT_FS_TYPE.to_string(), fs.clone());
     }
+    if let Some(endpoint) = &rec.share_endpoint {
+        volume_context.insert(CONTEXT_SHARE.to_string(), endpoint.clone());
+    }
     let content_source = rec.source.as_ref().map(|s| VolumeContentSource {
         r#type: Some(match s {
             ContentSource::Snapshot(id) => {
@@ -92,7 +98,12 @@ fn csi_volume(rec: &VolumeRecord) -> Volume {
         volume_id: rec.id.to_string(),
         volume_context,
         content_source,
-        accessible_topology: vec![topology(&rec.id.node)],
+        // A shared volume is reachable from every node (over NFS from its own).
+        accessible_topology: if rec.shared {
+            vec![]
+        } else {
+            vec![topology(&rec.id.node)]
+        },
     }
 }
 
@@ -243,9 +254,18 @@ impl ControllerService {
             return self.nfs.create_volume(&req).await;
         }
         validate_name("volume", &req.name)?;
-        let caps = parse_capabilities(&req.volume_capabilities)?;
         let VolumeParams::Local(params) = parse_params(&req.parameters)?;
+        let caps = if params.shared {
+            parse_shared_capabilities(&req.volume_capabilities)?
+        } else {
+            parse_capabilities(&req.volume_capabilities)?
+        };
         let block = caps.iter().any(|c| c.access == Access::Block);
+        if block && params.shared {
+            return Err(Error::InvalidArgument(
+                "shared volumes are file systems served over NFS; raw block is not possible".into(),
+            ));
+        }
         if block && params.layout == Layout::Dir {
             return Err(Error::InvalidArgument(
                 "layout \"dir\" cannot serve raw block volumes; use layout \"image\"".into(),
@@ -277,7 +297,8 @@ impl ControllerService {
                 && rec.source == source
                 && rec.id.layout == params.layout
                 && rec.allocation == params.allocation
-                && rec.fs_type == params.fs_type;
+                && rec.fs_type == params.fs_type
+                && rec.shared == params.shared;
             if !same {
                 return Err(Error::AlreadyExists(format!(
                     "volume {:?} exists with another size, source or parameters",
@@ -328,6 +349,8 @@ impl ControllerService {
             source,
             block,
             fs_type: params.fs_type.clone(),
+            shared: params.shared,
+            share_endpoint: None,
             state: State::Creating,
         };
         self.records.put_volume(&rec)?;
@@ -344,9 +367,12 @@ impl ControllerService {
             capacity_bytes: rec.capacity_bytes,
             allocation: rec.allocation,
             source: rec.source.clone(),
+            shared: rec.shared,
+            fs_type: rec.fs_type.clone(),
         };
         match node.create_volume(spec).await {
-            Ok(_) => {
+            Ok(info) => {
+                rec.share_endpoint = info.share_endpoint;
                 rec.state = State::Ready;
                 self.records.put_volume(&rec)?;
                 Ok(csi_volume(&rec))
@@ -429,7 +455,8 @@ impl ControllerService {
         )?;
         let _lock = self.locks.lock(rec.id.key.as_str()).await;
         let mut rec = self.ready_volume(&req.volume_id)?;
-        let node_expansion = rec.id.layout == Layout::Image && !block;
+        // A shared volume's node grows the served file system itself.
+        let node_expansion = rec.id.layout == Layout::Image && !block && !rec.shared;
         if wanted <= rec.capacity_bytes {
             return Ok((rec.capacity_bytes, node_expansion));
         }
@@ -624,10 +651,18 @@ impl Controller for ControllerService {
             }));
         }
         for cap in &req.volume_capabilities {
-            let problem = match parse_capability(cap) {
+            let parsed = if rec.shared {
+                parse_shared_capability(cap)
+            } else {
+                parse_capability(cap)
+            };
+            let problem = match parsed {
                 Err(e) => Some(e.to_string()),
                 Ok(r) if r.access == Access::Block && rec.id.layout == Layout::Dir => {
                     Some("layout \"dir\" volumes cannot be used as raw block devices".into())
+                }
+                Ok(r) if r.access == Access::Block && rec.shared => {
+                    Some("shared volumes cannot be used as raw block devices".into())
                 }
                 Ok(_) => None,
             };

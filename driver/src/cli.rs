@@ -179,6 +179,14 @@ pub struct NodeSide {
     /// The kubelet's root directory; every staging and target path must lie below it.
     #[arg(long, env = "WARREN_KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
+    /// Serve this node's `backend: share` volumes over NFSv3 on HOST:PORT (one port for
+    /// MOUNT and NFS); off when unset, and such volumes are then refused here.
+    #[arg(long, env = "WARREN_SHARE_LISTEN", value_name = "HOST:PORT")]
+    pub share_listen: Option<String>,
+    /// The address other nodes reach this node's share at (its InternalIP); by default
+    /// the --share-listen host, which must then not be 0.0.0.0.
+    #[arg(long, env = "WARREN_SHARE_ADDRESS", value_name = "IP")]
+    pub share_address: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -19,6 +19,8 @@ use warren_node::local::LocalStore;
 use warren_node::loopdev::LoopDevices;
 use warren_node::mounter::SystemMounter;
 use warren_node::service::NodeService;
+use warren_node::share::{ShareHost, SharingStore};
+use warren_node::stage::Stager;
 
 use crate::calls::Observed;
 use crate::cli::{Common, Mode, NodeSide};
@@ -101,7 +103,8 @@ pub async fn run(mode: Mode) -> Result<()> {
             let agent_addr: std::net::SocketAddr = args.agent_listen.parse().map_err(|e| {
                 Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
             })?;
-            let agent_service = agent::server(Arc::new(store.clone()), &token)?;
+            let storage = sharing_store(&args.node, &args.common, &store).await?;
+            let agent_service = agent::server(storage, &token)?;
             // Bind now, so a taken port fails startup instead of a background task.
             let agent_listener = tokio::net::TcpListener::bind(agent_addr)
                 .await
@@ -162,7 +165,10 @@ async fn serve_all(
     let store = open_store(node_side)?;
     let metrics = observability(common, Some(&store), &ready, &stop_rx).await?;
     let nodes = Nodes::default();
-    nodes.add(&node_side.node_id, Arc::new(store.clone()));
+    nodes.add(
+        &node_side.node_id,
+        sharing_store(node_side, common, &store).await?,
+    );
     let controller = start_controller(common, nodes, stop_rx.clone()).await?;
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
     let node = NodeService::new(
@@ -223,6 +229,44 @@ async fn observability(
 fn open_store(node: &NodeSide) -> Result<LocalStore> {
     validate_node_id(&node.node_id)?;
     LocalStore::open(&node.node_id, &node.storage_root, Arc::new(LoopDevices)).map_err(Into::into)
+}
+
+/// The node's storage as the controller reaches it, with the built-in share started
+/// when `--share-listen` asks for it (which serves again what was shared before).
+async fn sharing_store(
+    node: &NodeSide,
+    common: &Common,
+    store: &LocalStore,
+) -> Result<Arc<SharingStore>> {
+    let Some(listen) = &node.share_listen else {
+        return Ok(Arc::new(SharingStore::new(store.clone(), None)));
+    };
+    let listen: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("--share-listen {listen:?}: {e}")))?;
+    let advertise: std::net::IpAddr = match &node.share_address {
+        Some(a) => a
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("--share-address {a:?}: {e}")))?,
+        None if !listen.ip().is_unspecified() => listen.ip(),
+        None => {
+            return Err(Error::InvalidArgument(
+                "--share-listen on 0.0.0.0 needs --share-address (the IP other nodes reach)".into(),
+            ))
+        }
+    };
+    let (state_dir, for_share) = (common.state_dir.clone(), store.clone());
+    let stager = Arc::new(Stager::new(store.clone(), Arc::new(SystemMounter)));
+    let host = tokio::task::spawn_blocking(move || {
+        ShareHost::start(listen, advertise, &state_dir, for_share, stager)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("share start: {e}")))??;
+    tracing::info!(endpoint = %host.endpoint(), "built-in NFS share serving");
+    Ok(Arc::new(SharingStore::new(
+        store.clone(),
+        Some(Arc::new(host)),
+    )))
 }
 
 fn read_token(path: &std::path::Path) -> Result<String> {

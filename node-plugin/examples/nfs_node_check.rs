@@ -101,26 +101,27 @@ fn run(server: &str, share: &str, version: &str) -> Result<(), String> {
         mode: Mode::MultiNodeMultiWriter,
     };
     let context = HashMap::from([("nfsVersion".to_string(), version.to_string())]);
+    let request = NfsStager::nfs_request(&id, &context, &cap).map_err(|e| e.to_string())?;
     let staging = Path::new("/var/lib/kubelet/plugins/check/staging");
     let target = Path::new("/var/lib/kubelet/pods/check/target");
 
     step("stage, publish, write, stats", || {
         block_on(export.make_dir(&sub_dir, Some(0o777))).map_err(|e| e.to_string())?;
         stager
-            .stage(&id, staging, &cap, &context)
+            .stage(&request, staging)
             .map_err(|e| format!("stage: {e}"))?;
         stager
-            .publish(&id, staging, target, &cap, &context, false)
+            .publish(&request, staging, target, &cap, false)
             .map_err(|e| format!("publish: {e}"))?;
         // Idempotent: the same calls again change nothing.
         stager
-            .stage(&id, staging, &cap, &context)
+            .stage(&request, staging)
             .map_err(|e| format!("stage again: {e}"))?;
         stager
-            .publish(&id, staging, target, &cap, &context, false)
+            .publish(&request, staging, target, &cap, false)
             .map_err(|e| format!("publish again: {e}"))?;
         std::fs::write(target.join("hello"), "from the pod").map_err(|e| e.to_string())?;
-        match stager.stats(&id, target).map_err(|e| e.to_string())? {
+        match stager.stats(target).map_err(|e| e.to_string())? {
             (Some(Stats::Fs { bytes_total, .. }), c) if !c.abnormal && bytes_total > 0 => Ok(()),
             (_, c) => Err(format!("stats: {}", c.message)),
         }
@@ -132,12 +133,12 @@ fn run(server: &str, share: &str, version: &str) -> Result<(), String> {
             // The export's directory replaced behind the mount's back.
             block_on(export.remove_dir(&sub_dir)).map_err(|e| e.to_string())?;
             block_on(export.make_dir(&sub_dir, Some(0o777))).map_err(|e| e.to_string())?;
-            let (_, condition) = stager.stats(&id, target).map_err(|e| e.to_string())?;
+            let (_, condition) = stager.stats(target).map_err(|e| e.to_string())?;
             if !condition.abnormal || !condition.message.contains("stale") {
                 return Err(format!("stats after the replacement: {condition:?}"));
             }
             stager
-                .publish(&id, staging, target, &cap, &context, false)
+                .publish(&request, staging, target, &cap, false)
                 .map_err(|e| format!("publish after stale: {e}"))?;
             std::fs::write(target.join("again"), "after recovery").map_err(|e| e.to_string())?;
             let listed: Vec<String> = std::fs::read_dir(target)
@@ -148,7 +149,7 @@ fn run(server: &str, share: &str, version: &str) -> Result<(), String> {
             if listed != ["again"] {
                 return Err(format!("the new directory shows {listed:?}"));
             }
-            match stager.stats(&id, target).map_err(|e| e.to_string())?.1 {
+            match stager.stats(target).map_err(|e| e.to_string())?.1 {
                 c if c.abnormal => Err(format!("still abnormal: {}", c.message)),
                 _ => Ok(()),
             }
@@ -160,7 +161,7 @@ fn run(server: &str, share: &str, version: &str) -> Result<(), String> {
         || {
             link(false)?;
             let started = Instant::now();
-            let (_, condition) = stager.stats(&id, target).map_err(|e| e.to_string())?;
+            let (_, condition) = stager.stats(target).map_err(|e| e.to_string())?;
             let took = started.elapsed();
             if !condition.abnormal {
                 return Err("stats said healthy with the server gone".into());
@@ -194,7 +195,7 @@ fn run(server: &str, share: &str, version: &str) -> Result<(), String> {
         "server gone at stage: gives up at the deadline, nothing left",
         || {
             let started = Instant::now();
-            let err = match stager.stage(&id, staging, &cap, &context) {
+            let err = match stager.stage(&request, staging) {
                 Ok(()) => return Err("staged with the server gone".into()),
                 Err(e) => e,
             };

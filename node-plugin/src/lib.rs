@@ -14,6 +14,7 @@ pub mod mountinfo;
 pub mod nfs;
 pub mod paths;
 pub mod service;
+pub mod share;
 pub mod stage;
 
 pub use error::{Error, Result};

@@ -1,4 +1,6 @@
-//! `backend: nfs` on the node: stage mounts the volume's sub-directory with the kernel
+//! NFS mounts on the node, for `backend: nfs` volumes (a sub-directory of an external
+//! server) and for shared volumes of another node (`backend: share`, served by that
+//! node's Warren). Stage mounts with the kernel
 //! client (`warren_nfs::mount`: under a deadline, never leaving a half-done mount),
 //! publish bind-mounts the staged mount, and both look at the mount's health first, so a
 //! stale file handle (the export replaced, the server's handles lost) is recovered by
@@ -83,10 +85,9 @@ impl NfsStager {
         NfsStager { mounter, deadlines }
     }
 
-    /// The kernel mount this volume gets, from its ID, the version in its volume context
-    /// (4.1 when a hand-made PV gives none) and the class's mount options.
-    fn request(
-        &self,
+    /// The kernel mount an NFS volume gets, from its ID, the version in its volume
+    /// context (4.1 when a hand-made PV gives none) and the class's mount options.
+    pub fn nfs_request(
         id: &NfsVolumeId,
         context: &HashMap<String, String>,
         cap: &Requested,
@@ -113,6 +114,37 @@ impl NfsStager {
         )
     }
 
+    /// The kernel mount of another node's shared volume: NFSv3 from its share
+    /// (`endpoint`, `IP:PORT`; one port for MOUNT and NFS) at `/<key>`.
+    pub fn share_request(endpoint: &str, key: &str, cap: &Requested) -> Result<MountRequest> {
+        let Access::Mount { mount_flags, .. } = &cap.access else {
+            return Err(no_block());
+        };
+        let addr: std::net::SocketAddr = endpoint.parse().map_err(|_| {
+            CoreError::InvalidArgument(format!("share endpoint {endpoint:?} is not IP:PORT"))
+        })?;
+        let params = NfsParams {
+            server: addr.ip().to_string(),
+            share: "/".into(),
+            sub_dir: key.to_string(),
+            on_delete: warren_nfs::params::OnDelete::Retain,
+            version: NfsVersion::V3,
+            mount_permissions: None,
+        };
+        let port = addr.port();
+        let mut options = mount_flags.clone();
+        options.extend([
+            "proto=tcp".to_string(),
+            "mountproto=tcp".to_string(),
+            format!("port={port}"),
+            format!("mountport={port}"),
+        ]);
+        Ok(
+            mount_request(&params, addr.ip(), &options, cap.read_only_mode())
+                .map_err(CoreError::from)?,
+        )
+    }
+
     /// Unmounts, waiting for the server at most the probe deadline. A busy mount is left
     /// alone (a pod may still use it) unless its server does not answer: then nothing
     /// can reach it anyway (and Warren's own stuck probe may be what keeps it busy), so
@@ -135,21 +167,14 @@ impl NfsStager {
         Ok(())
     }
 
-    pub fn stage(
-        &self,
-        id: &NfsVolumeId,
-        staging: &Path,
-        cap: &Requested,
-        context: &HashMap<String, String>,
-    ) -> Result<()> {
-        let request = self.request(id, context, cap)?;
+    pub fn stage(&self, request: &MountRequest, staging: &Path) -> Result<()> {
         let mounts = mountinfo::read()?;
         match mount_at(&mounts, staging) {
             None => {}
             Some(m) if is_nfs(m) && m.source == request.source => {
                 match probe(staging, self.deadlines.probe) {
                     Probe::Stale => {
-                        tracing::warn!(volume = %id, "stale NFS file handle at the staging path; mounting again");
+                        tracing::warn!(source = %request.source, "stale NFS file handle at the staging path; mounting again");
                         self.unmount(staging)?;
                     }
                     // Mounted; a server that is slow or away now is the pod's wait, not a
@@ -168,25 +193,37 @@ impl NfsStager {
             }
         }
         ensure_dir(staging)?;
-        mount(&request, staging, self.deadlines.mount).map_err(CoreError::from)?;
+        mount(request, staging, self.deadlines.mount).map_err(CoreError::from)?;
         Ok(())
     }
 
     pub fn unstage(&self, staging: &Path) -> Result<()> {
-        while mount_at(&mountinfo::read()?, staging).is_some() {
-            self.unmount(staging)?;
+        self.unmount_all_nfs(staging)
+    }
+
+    /// Unmounts the NFS mounts stacked at `path`; anything else there is not this
+    /// volume's and is left alone (FAILED_PRECONDITION).
+    fn unmount_all_nfs(&self, path: &Path) -> Result<()> {
+        while let Some(m) = mount_at(&mountinfo::read()?, path).cloned() {
+            if !is_nfs(&m) {
+                return Err(precondition(format!(
+                    "{} holds a {} mount of {}, not this NFS volume",
+                    path.display(),
+                    m.fs_type,
+                    m.source
+                )));
+            }
+            self.unmount(path)?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &self,
-        id: &NfsVolumeId,
+        request: &MountRequest,
         staging: &Path,
         target: &Path,
         cap: &Requested,
-        context: &HashMap<String, String>,
         read_only: bool,
     ) -> Result<()> {
         if cap.access == Access::Block {
@@ -195,18 +232,19 @@ impl NfsStager {
         let mounts = mountinfo::read()?;
         if !mount_at(&mounts, staging).is_some_and(is_nfs) {
             return Err(precondition(format!(
-                "volume {id} is not staged at {}",
+                "{} is not staged at {}",
+                request.source,
                 staging.display()
             )));
         }
         if matches!(probe(staging, self.deadlines.probe), Probe::Stale) {
             // Stage again (it mounts afresh), and let the target be bound to the new mount.
-            self.stage(id, staging, cap, context)?;
+            self.stage(request, staging)?;
         }
         let mut mounts = mountinfo::read()?;
         let staged = mount_at(&mounts, staging)
             .cloned()
-            .ok_or_else(|| precondition(format!("volume {id} is not staged")))?;
+            .ok_or_else(|| precondition(format!("{} is not staged", request.source)))?;
         let same = |m: &MountEntry| m.major_minor == staged.major_minor && m.root == staged.root;
         if let Some(old) = mount_at(&mounts, target) {
             // Bound to a mount that was replaced, or to a directory the server no longer
@@ -234,24 +272,23 @@ impl NfsStager {
     }
 
     pub fn unpublish(&self, target: &Path) -> Result<()> {
-        while mount_at(&mountinfo::read()?, target).is_some() {
-            self.unmount(target)?;
-        }
+        self.unmount_all_nfs(target)?;
         remove_target(target)
     }
 
     /// Usage and condition of the mount at `path`. A path where the volume is not mounted
     /// is NOT_FOUND; a server that does not answer, or a stale handle, is an abnormal
     /// condition with no usage.
-    pub fn stats(&self, id: &NfsVolumeId, path: &Path) -> Result<(Option<Stats>, Condition)> {
+    pub fn stats(&self, path: &Path) -> Result<(Option<Stats>, Condition)> {
         let mounts = mountinfo::read()?;
-        if !mount_at(&mounts, path).is_some_and(is_nfs) {
+        let Some(entry) = mount_at(&mounts, path).filter(|m| is_nfs(m)) else {
             return Err(CoreError::NotFound(format!(
-                "volume {id} is not mounted at {}",
+                "the volume is not mounted at {}",
                 path.display()
             ))
             .into());
-        }
+        };
+        let server = entry.source.rsplit_once(':').map_or("", |(s, _)| s);
         Ok(match probe(path, self.deadlines.probe) {
             Probe::Healthy(st) => (Some(Stats::of(&st)), Condition::healthy()),
             Probe::Stale => (
@@ -264,14 +301,13 @@ impl NfsStager {
             Probe::Unanswered => (
                 None,
                 Condition::abnormal(format!(
-                    "NFS server {} did not answer within {} s",
-                    id.server,
+                    "NFS server {server} did not answer within {} s",
                     self.deadlines.probe.as_secs()
                 )),
             ),
             Probe::Failed(errno) => (
                 None,
-                Condition::abnormal(format!("NFS server {}: {errno}", id.server)),
+                Condition::abnormal(format!("NFS server {server}: {errno}")),
             ),
         })
     }

@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use warren_core::capability::{parse_capability, parse_shared_capability, Access, Requested};
 use warren_core::ids::VolumeId;
 use warren_core::lock::KeyedLocks;
-use warren_core::params::CONTEXT_FS_TYPE;
+use warren_core::params::{CONTEXT_FS_TYPE, CONTEXT_SHARE};
 use warren_core::TOPOLOGY_KEY;
+use warren_nfs::mount_options::MountRequest;
 use warren_nfs::volume_id::NfsVolumeId;
 
 use crate::error::Result;
@@ -35,8 +36,12 @@ pub struct NodeService {
 
 /// The volume a node call is about.
 enum Target {
+    /// A volume this node holds.
     Local(VolumeId),
     Nfs(NfsVolumeId),
+    /// A volume another node holds: usable here only as that node's shared volume,
+    /// mounted over NFS from its share.
+    Remote(VolumeId),
 }
 
 impl NodeService {
@@ -66,23 +71,40 @@ impl NodeService {
         if raw_path.is_empty() {
             return Err(Status::invalid_argument("volume_path is required"));
         }
-        let id = target(raw_id)?;
+        let id = self.target(raw_id)?;
         let path = self
             .path("volume_path", raw_path)
             .map_err(|e| Status::not_found(format!("volume {raw_id} is not at that path: {e}")))?;
         Ok((id, path))
     }
 
-    /// Runs blocking work on an NFS volume under its lock.
+    /// The volume a node request names: an NFS volume by its `nfs#` ID, else a local
+    /// one, of this node or of another.
+    fn target(&self, raw: &str) -> Result<Target, Status> {
+        if NfsVolumeId::is_nfs(raw) {
+            return NfsVolumeId::parse(raw)
+                .map(Target::Nfs)
+                .map_err(|e| Status::not_found(format!("no such volume: {e}")));
+        }
+        let id = volume_id(raw)?;
+        Ok(if id.node == self.store.node_id() {
+            Target::Local(id)
+        } else {
+            Target::Remote(id)
+        })
+    }
+
+    /// Runs blocking work on a volume mounted over NFS, under its lock (by ID: it has no
+    /// key on this node).
     async fn nfs_locked<T: Send + 'static>(
         &self,
-        id: NfsVolumeId,
-        f: impl FnOnce(&NfsStager, &NfsVolumeId) -> Result<T> + Send + 'static,
+        id: String,
+        f: impl FnOnce(&NfsStager) -> Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        let _guard = self.nfs_locks.lock(&id.to_string()).await;
+        let _guard = self.nfs_locks.lock(&id).await;
         let nfs = self.nfs.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&nfs, &id)))
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&nfs)))
             .await
             .map_err(|e| Status::internal(format!("node task failed: {e}")))?
             .map_err(Status::from)
@@ -105,25 +127,35 @@ impl NodeService {
     }
 }
 
-/// The volume a node request names: an NFS volume by its `nfs#` ID, else a local one.
-fn target(raw: &str) -> Result<Target, Status> {
-    if NfsVolumeId::is_nfs(raw) {
-        return NfsVolumeId::parse(raw)
-            .map(Target::Nfs)
-            .map_err(|e| Status::not_found(format!("no such volume: {e}")));
-    }
-    volume_id(raw).map(Target::Local)
-}
-
-/// The capability of a node request: every access mode for NFS volumes, single-node
-/// modes for local ones.
-fn capability(target: &Target, cap: Option<&VolumeCapability>) -> Result<Requested, Status> {
+/// The capability of a node request: every access mode for volumes several nodes can
+/// reach (NFS, shared), single-node modes for the others.
+fn capability(
+    target: &Target,
+    cap: Option<&VolumeCapability>,
+    context: &HashMap<String, String>,
+) -> Result<Requested, Status> {
     let cap = required("volume_capability", cap)?;
+    let shared = context.contains_key(CONTEXT_SHARE);
     match target {
-        Target::Nfs(_) => parse_shared_capability(cap),
-        Target::Local(_) => parse_capability(cap),
+        Target::Local(_) if !shared => parse_capability(cap),
+        _ => parse_shared_capability(cap),
     }
     .map_err(Status::from)
+}
+
+/// The mount of another node's shared volume, from the volume context the controller gave.
+fn share_request(
+    id: &VolumeId,
+    context: &HashMap<String, String>,
+    cap: &Requested,
+) -> Result<MountRequest, Status> {
+    let endpoint = context.get(CONTEXT_SHARE).ok_or_else(|| {
+        Status::not_found(format!(
+            "volume {id} lives on node {} and is not shared with other nodes",
+            id.node
+        ))
+    })?;
+    NfsStager::share_request(endpoint, id.key.as_str(), cap).map_err(Status::from)
 }
 
 /// A volume id from a node request. A malformed id cannot name a volume Warren made, so it
@@ -158,18 +190,24 @@ impl Node for NodeService {
         if req.volume_id.is_empty() {
             return Err(Status::invalid_argument("volume_id is required"));
         }
-        let target = target(&req.volume_id);
+        let target = self.target(&req.volume_id);
         let mut cap = match &target {
-            Ok(t) => capability(t, req.volume_capability.as_ref())?,
+            Ok(t) => capability(t, req.volume_capability.as_ref(), &req.volume_context)?,
             Err(_) => parse_capability(required(
                 "volume_capability",
                 req.volume_capability.as_ref(),
             )?)
             .map_err(Status::from)?,
         };
-        if let Ok(Target::Nfs(id)) = target {
-            let context = req.volume_context;
-            self.nfs_locked(id, move |n, id| n.stage(id, &staging, &cap, &context))
+        let request = match &target {
+            Ok(Target::Nfs(id)) => {
+                Some(NfsStager::nfs_request(id, &req.volume_context, &cap).map_err(Status::from)?)
+            }
+            Ok(Target::Remote(id)) => Some(share_request(id, &req.volume_context, &cap)?),
+            _ => None,
+        };
+        if let Some(request) = request {
+            self.nfs_locked(req.volume_id, move |n| n.stage(&request, &staging))
                 .await?;
             return Ok(Response::new(NodeStageVolumeResponse {}));
         }
@@ -193,8 +231,11 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
-        match target(&req.volume_id)? {
-            Target::Nfs(id) => self.nfs_locked(id, move |n, _| n.unstage(&staging)).await?,
+        match self.target(&req.volume_id)? {
+            Target::Nfs(_) | Target::Remote(_) => {
+                self.nfs_locked(req.volume_id, move |n| n.unstage(&staging))
+                    .await?
+            }
             Target::Local(id) => {
                 self.locked(id, move |s, id| s.unstage(id, &staging))
                     .await?
@@ -214,9 +255,9 @@ impl Node for NodeService {
         if req.volume_id.is_empty() {
             return Err(Status::invalid_argument("volume_id is required"));
         }
-        let volume = target(&req.volume_id);
+        let volume = self.target(&req.volume_id);
         let cap = match &volume {
-            Ok(t) => capability(t, req.volume_capability.as_ref())?,
+            Ok(t) => capability(t, req.volume_capability.as_ref(), &req.volume_context)?,
             Err(_) => parse_capability(required(
                 "volume_capability",
                 req.volume_capability.as_ref(),
@@ -224,20 +265,21 @@ impl Node for NodeService {
             .map_err(Status::from)?,
         };
         let read_only = req.readonly || cap.read_only_mode();
-        let id = match volume? {
+        let request = match volume? {
             Target::Nfs(id) => {
-                let context = req.volume_context;
-                self.nfs_locked(id, move |n, id| {
-                    n.publish(id, &staging, &target_path, &cap, &context, read_only)
+                NfsStager::nfs_request(&id, &req.volume_context, &cap).map_err(Status::from)?
+            }
+            Target::Remote(id) => share_request(&id, &req.volume_context, &cap)?,
+            Target::Local(id) => {
+                self.locked(id, move |s, id| {
+                    s.publish(id, &staging, &target_path, &cap, read_only)
                 })
                 .await?;
                 return Ok(Response::new(NodePublishVolumeResponse {}));
             }
-            Target::Local(id) => id,
         };
-        let target = target_path;
-        self.locked(id, move |s, id| {
-            s.publish(id, &staging, &target, &cap, read_only)
+        self.nfs_locked(req.volume_id, move |n| {
+            n.publish(&request, &staging, &target_path, &cap, read_only)
         })
         .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
@@ -249,9 +291,9 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
         let target_path = self.path("target_path", &req.target_path)?;
-        match target(&req.volume_id)? {
-            Target::Nfs(id) => {
-                self.nfs_locked(id, move |n, _| n.unpublish(&target_path))
+        match self.target(&req.volume_id)? {
+            Target::Nfs(_) | Target::Remote(_) => {
+                self.nfs_locked(req.volume_id, move |n| n.unpublish(&target_path))
                     .await?
             }
             Target::Local(id) => {
@@ -275,7 +317,7 @@ impl Node for NodeService {
         let (stats, condition) = tokio::task::spawn_blocking(move || {
             span.in_scope(|| match volume {
                 Target::Local(id) => stager.stats(&id, &path).map(|(s, c)| (Some(s), c)),
-                Target::Nfs(id) => nfs.stats(&id, &path),
+                Target::Nfs(_) | Target::Remote(_) => nfs.stats(&path),
             })
         })
         .await
@@ -326,7 +368,9 @@ impl Node for NodeService {
         let req = req.into_inner();
         let (volume, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
         if let Some(cap) = req.volume_capability.as_ref() {
-            capability(&volume, Some(cap))?;
+            // No volume context here: a shared volume's modes are allowed.
+            let shared = HashMap::from([(CONTEXT_SHARE.to_string(), String::new())]);
+            capability(&volume, Some(cap), &shared)?;
         }
         let required_bytes = req
             .capacity_range
@@ -336,8 +380,8 @@ impl Node for NodeService {
         let id = match volume {
             // Nothing to grow on the node: NFS sizes are the server's business (and plain
             // NFS enforces none).
-            Target::Nfs(id) => {
-                self.nfs_locked(id, move |n, id| n.stats(id, &path).map(drop))
+            Target::Nfs(_) | Target::Remote(_) => {
+                self.nfs_locked(req.volume_id, move |n| n.stats(&path).map(drop))
                     .await?;
                 return Ok(Response::new(NodeExpandVolumeResponse {
                     capacity_bytes: required_bytes as i64,

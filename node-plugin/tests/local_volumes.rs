@@ -72,6 +72,8 @@ impl Fixture {
                 capacity_bytes: bytes,
                 allocation: Allocation::Thick,
                 source,
+                shared: false,
+                fs_type: None,
             })
             .await
             .unwrap();
@@ -384,6 +386,8 @@ async fn snapshot_restore_and_clone_carry_the_data_and_grow() {
             capacity_bytes: 16 * MIB,
             allocation: Allocation::Thin,
             source: Some(ContentSource::Snapshot(snap.clone())),
+            shared: false,
+            fs_type: None,
         })
         .await
         .unwrap_err();
@@ -610,6 +614,8 @@ async fn startup_removes_half_built_objects_and_keeps_whole_ones() {
             capacity_bytes: 2 * MIB,
             allocation: Allocation::Thick,
             source: None,
+            shared: false,
+            fs_type: None,
         })
         .await
         .unwrap_err();

@@ -15,6 +15,9 @@ pub enum Backend {
     /// A sub-directory on an existing NFS server; its parameters are the `warren-nfs`
     /// crate's to parse.
     Nfs,
+    /// The built-in share: a local image volume on one node, served by that node's Warren
+    /// over NFS to the others (every access mode). The same parameters as `local`.
+    Share,
 }
 
 /// The backend a StorageClass asks for (`backend`, `local` when absent).
@@ -22,11 +25,12 @@ pub fn backend(params: &HashMap<String, String>) -> Result<Backend> {
     match params.get(KEY_BACKEND).map(String::as_str) {
         None | Some("local") => Ok(Backend::Local),
         Some("nfs") => Ok(Backend::Nfs),
-        Some(b @ ("share" | "replicated")) => Err(Error::InvalidArgument(format!(
-            "backend {b:?} is not available in this version of Warren (supported: \"local\", \"nfs\")"
+        Some("share") => Ok(Backend::Share),
+        Some(b @ "replicated") => Err(Error::InvalidArgument(format!(
+            "backend {b:?} is not available in this version of Warren (supported: \"local\", \"nfs\", \"share\")"
         ))),
         Some(other) => Err(Error::InvalidArgument(format!(
-            "unknown backend {other:?} (supported: \"local\", \"nfs\")"
+            "unknown backend {other:?} (supported: \"local\", \"nfs\", \"share\")"
         ))),
     }
 }
@@ -37,6 +41,8 @@ pub struct LocalParams {
     pub allocation: Allocation,
     /// File system to make when the capability names none (`fsType` parameter).
     pub fs_type: Option<String>,
+    /// `backend: share`: served over NFS by its node to the other nodes.
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,53 +57,65 @@ pub const KEY_FS_TYPE: &str = "fsType";
 
 /// Volume-context key carrying the StorageClass's `fsType` to NodeStageVolume.
 pub const CONTEXT_FS_TYPE: &str = "warren.csi.dev/fsType";
+/// Volume-context key of a shared volume: where its node serves it (`IP:PORT`).
+pub const CONTEXT_SHARE: &str = "warren.csi.dev/share";
 
-/// Parses CreateVolume's `parameters` of a `backend: local` class.
+/// Parses CreateVolume's `parameters` of a `backend: local` or `backend: share` class.
 pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
-    match backend(params)? {
-        Backend::Nfs => Err(Error::InvalidArgument(
-            "backend \"nfs\" is not a local volume".into(),
-        )),
-        Backend::Local => {
-            let mut local = LocalParams {
-                layout: Layout::Image,
-                allocation: Allocation::Thick,
-                fs_type: None,
-            };
-            for (key, value) in params {
-                match key.as_str() {
-                    KEY_BACKEND => {}
-                    KEY_LAYOUT => local.layout = value.parse()?,
-                    KEY_ALLOCATION => {
-                        local.allocation = match value.as_str() {
-                            "thick" => Allocation::Thick,
-                            "thin" => Allocation::Thin,
-                            other => {
-                                return Err(Error::InvalidArgument(format!(
-                                    "unknown allocation {other:?}: expected \"thick\" or \"thin\""
-                                )))
-                            }
-                        }
-                    }
-                    KEY_FS_TYPE => match value.as_str() {
-                        "ext4" | "xfs" => local.fs_type = Some(value.clone()),
-                        other => {
-                            return Err(Error::InvalidArgument(format!(
-                                "unknown fsType {other:?}: expected \"ext4\" or \"xfs\""
-                            )))
-                        }
-                    },
-                    k if k.starts_with("csi.storage.k8s.io/") => {}
+    let shared = match backend(params)? {
+        Backend::Nfs => {
+            return Err(Error::InvalidArgument(
+                "backend \"nfs\" is not a local volume".into(),
+            ))
+        }
+        Backend::Local => false,
+        Backend::Share => true,
+    };
+    let mut local = LocalParams {
+        layout: Layout::Image,
+        allocation: Allocation::Thick,
+        fs_type: None,
+        shared,
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            KEY_BACKEND => {}
+            KEY_LAYOUT => local.layout = value.parse()?,
+            KEY_ALLOCATION => {
+                local.allocation = match value.as_str() {
+                    "thick" => Allocation::Thick,
+                    "thin" => Allocation::Thin,
                     other => {
                         return Err(Error::InvalidArgument(format!(
-                            "unknown parameter {other:?} for backend \"local\" (known: backend, layout, allocation, fsType)"
+                            "unknown allocation {other:?}: expected \"thick\" or \"thin\""
                         )))
                     }
                 }
             }
-            Ok(VolumeParams::Local(local))
+            KEY_FS_TYPE => match value.as_str() {
+                "ext4" | "xfs" => local.fs_type = Some(value.clone()),
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown fsType {other:?}: expected \"ext4\" or \"xfs\""
+                    )))
+                }
+            },
+            k if k.starts_with("csi.storage.k8s.io/") => {}
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown parameter {other:?} for backend \"local\" (known: backend, layout, allocation, fsType)"
+                )))
+            }
         }
     }
+    if shared && local.layout != Layout::Image {
+        return Err(Error::InvalidArgument(
+            "backend \"share\" serves image volumes (their size is enforced); \
+             layout \"dir\" is not shared"
+                .into(),
+        ));
+    }
+    Ok(VolumeParams::Local(local))
 }
 
 #[cfg(test)]
@@ -130,13 +148,18 @@ mod tests {
         assert_eq!(backend(&p(&[("backend", "nfs")])).unwrap(), Backend::Nfs);
         assert!(backend(&p(&[("backend", "NFS")])).is_err());
         assert!(parse_params(&p(&[("backend", "nfs")])).is_err());
+        let VolumeParams::Local(l) = parse_params(&p(&[("backend", "share")])).unwrap();
+        assert!(l.shared && l.layout == Layout::Image);
+        assert!(parse_params(&p(&[("backend", "share"), ("layout", "dir")])).is_err());
+        let VolumeParams::Local(l) = parse_params(&p(&[])).unwrap();
+        assert!(!l.shared);
     }
 
     #[test]
     fn unknown_values_and_keys_are_refused() {
         for bad in [
             p(&[("backend", "ceph")]),
-            p(&[("backend", "share")]),
+            p(&[("backend", "replicated")]),
             p(&[("layout", "zfs")]),
             p(&[("allocation", "lazy")]),
             p(&[("fsType", "ntfs")]),

@@ -34,6 +34,12 @@ pub struct VolumeSpec {
     pub capacity_bytes: u64,
     pub allocation: Allocation,
     pub source: Option<ContentSource>,
+    /// `backend: share`: the node serves the volume over NFS to the other nodes.
+    #[serde(default)]
+    pub shared: bool,
+    /// The file system a shared volume gets (its node makes it to serve it); None: ext4.
+    #[serde(default)]
+    pub fs_type: Option<String>,
 }
 
 /// Health of a volume as its node sees it; maps to CSI's VolumeCondition.
@@ -65,6 +71,9 @@ pub struct VolumeInfo {
     pub capacity_bytes: u64,
     pub source: Option<ContentSource>,
     pub condition: Condition,
+    /// Where the node serves a shared volume (`IP:PORT` of its share), if it does.
+    #[serde(default)]
+    pub share_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

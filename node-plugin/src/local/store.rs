@@ -101,6 +101,12 @@ impl LocalStore {
         self.inner.expand_volume(id, capacity_bytes)
     }
 
+    /// The IDs of every volume this node holds.
+    pub fn list_volume_ids(&self) -> Result<Vec<VolumeId>> {
+        let metas: Vec<VolumeMeta> = self.inner.list(&self.inner.dirs.volumes())?;
+        Ok(metas.into_iter().map(|m| m.id).collect())
+    }
+
     /// Reads a volume's metadata; NOT_FOUND if this node does not hold it.
     pub fn volume_meta(&self, id: &VolumeId) -> Result<VolumeMeta> {
         self.inner.volume_meta(id)
@@ -194,6 +200,7 @@ impl Inner {
             capacity_bytes: meta.capacity_bytes,
             source: meta.source.clone(),
             condition: self.condition(meta),
+            share_endpoint: None,
         }
     }
 
