@@ -7,11 +7,20 @@
 //! node owns — where an Immediate-binding claim goes — is the leader's; a
 //! WaitForFirstConsumer claim is placed by the scheduler (`volume.kubernetes.io/
 //! selected-node`).
+//!
+//! NFS volumes (`backend: nfs`) have no owning node: every node's controller reaches the
+//! server. So the leader does everything to them — provisions (once the scheduler has
+//! chosen a node, for WaitForFirstConsumer; at once for Immediate, with no placement),
+//! grows and deletes them, and takes their snapshots. A new claim is known for one by
+//! its class's `backend`, an existing volume by its handle (`nfs#…`), a snapshot by its
+//! handle (`nfssnap#…`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+
+use warren_core::params::KEY_BACKEND;
 
 use crate::quantity::parse_bytes;
 use crate::{DRIVER, TOPOLOGY_KEY};
@@ -26,6 +35,12 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// The claim's resize state (`allocatedResourceStatuses.storage`) while the controller
 /// side of an expansion is under way.
 pub const CONTROLLER_RESIZE_IN_PROGRESS: &str = "ControllerResizeInProgress";
+/// The `backend` of a StorageClass whose volumes are sub-directories on an NFS server.
+pub const BACKEND_NFS: &str = "nfs";
+/// How the CSI id of an NFS volume begins (`nfs#<server>#<share>#<subdir>#<onDelete>`).
+pub const NFS_VOLUME_PREFIX: &str = "nfs#";
+/// How the CSI id of a snapshot of an NFS volume begins.
+pub const NFS_SNAPSHOT_PREFIX: &str = "nfssnap#";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimAction {
@@ -61,9 +76,18 @@ pub struct Provision {
     pub reclaim_policy: String,
     pub storage_class: String,
     pub source: Option<Source>,
-    /// Whether the claim was placed by the scheduler (WaitForFirstConsumer): on a lack of
-    /// space the provisioner then asks for another node by dropping the annotation.
+    /// Whether the claim was placed by the scheduler (WaitForFirstConsumer) on a node
+    /// that is to hold it: on a lack of space the provisioner then asks for another node
+    /// by dropping the annotation. Never for an NFS volume: its server is as full seen
+    /// from any node, and the scheduler's pending binding needs its choice kept.
     pub scheduled: bool,
+    /// The volume lives on an NFS server (the class's `backend: nfs`): no node holds it,
+    /// the leader provisions it, and its PV gets no node affinity.
+    pub nfs: bool,
+    /// The node whose topology CreateVolume is given as requisite (as external-provisioner
+    /// gives the selected node's): this node for a local volume; the scheduler's choice
+    /// for an NFS volume of a WaitForFirstConsumer claim; none for an Immediate one.
+    pub requisite_node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +131,11 @@ pub fn decide(
         if !provisioned_by_warren(volume) {
             return Nothing("bound to a volume Warren did not provision");
         }
-        if volume_node(volume) != Some(me) {
+        if is_nfs_volume(volume) {
+            if !leader {
+                return Nothing("bound to an NFS volume: the leader grows it");
+            }
+        } else if volume_node(volume) != Some(me) {
             return Nothing("bound to another node's volume");
         }
         let Some(handle) = volume.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
@@ -147,17 +175,26 @@ pub fn decide(
     if wait_for_consumer && placed.is_none() {
         return Nothing("waiting for a pod to be scheduled");
     }
-    // A restore or a clone is made where its source's data is, whatever node was chosen:
-    // the PV then pins the claim there, the scheduler's binding of the pod to another
-    // node fails, and the pod is placed again, on this node.
-    match source_node.or(placed.map(String::as_str)) {
-        None if leader => return Place,
-        None => return Nothing("waiting for the leader to place it"),
-        Some(node) if node != me && source_node.is_some() => {
-            return Nothing("its data source is on another node")
+    let nfs = class_is_nfs(class);
+    if nfs {
+        // On a server every node reaches: nothing to place, and the leader makes it,
+        // copies (restores, clones) included, whatever node the scheduler chose.
+        if !leader {
+            return Nothing("an NFS volume: the leader provisions it");
         }
-        Some(node) if node != me => return Nothing("placed on another node"),
-        Some(_) => {}
+    } else {
+        // A restore or a clone is made where its source's data is, whatever node was
+        // chosen: the PV then pins the claim there, the scheduler's binding of the pod to
+        // another node fails, and the pod is placed again, on this node.
+        match source_node.or(placed.map(String::as_str)) {
+            None if leader => return Place,
+            None => return Nothing("waiting for the leader to place it"),
+            Some(node) if node != me && source_node.is_some() => {
+                return Nothing("its data source is on another node")
+            }
+            Some(node) if node != me => return Nothing("placed on another node"),
+            Some(_) => {}
+        }
     }
     let Some(uid) = claim.metadata.uid.as_deref() else {
         return Nothing("the claim has no uid yet");
@@ -195,7 +232,13 @@ pub fn decide(
             .unwrap_or_else(|| "Delete".into()),
         storage_class: class.metadata.name.clone().unwrap_or_default(),
         source,
-        scheduled: wait_for_consumer,
+        scheduled: wait_for_consumer && !nfs,
+        nfs,
+        requisite_node: match (nfs, wait_for_consumer) {
+            (false, _) => Some(me.to_string()),
+            (true, true) => placed.cloned(),
+            (true, false) => None,
+        },
     })
 }
 
@@ -264,6 +307,44 @@ fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> 
             "data source {kind} ({group}) is not supported: Warren restores from a \
              VolumeSnapshot or clones a PersistentVolumeClaim"
         )),
+    }
+}
+
+/// Whether a class's volumes live on an NFS server (`backend: nfs`).
+pub fn class_is_nfs(class: &StorageClass) -> bool {
+    class
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get(KEY_BACKEND))
+        .is_some_and(|b| b == BACKEND_NFS)
+}
+
+/// Whether a CSI volume id names an NFS volume.
+pub fn is_nfs_volume_handle(handle: &str) -> bool {
+    handle.starts_with(NFS_VOLUME_PREFIX)
+}
+
+/// Whether a CSI snapshot id names a snapshot of an NFS volume.
+pub fn is_nfs_snapshot_handle(handle: &str) -> bool {
+    handle.starts_with(NFS_SNAPSHOT_PREFIX)
+}
+
+/// Whether a PV is an NFS volume of Warren's, by its CSI handle.
+pub fn is_nfs_volume(volume: &PersistentVolume) -> bool {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .is_some_and(|c| c.driver == DRIVER && is_nfs_volume_handle(&c.volume_handle))
+}
+
+/// Whether this node acts on a volume Warren provisioned: the leader on an NFS volume,
+/// the node it is pinned to on a local one.
+pub fn acts_on(volume: &PersistentVolume, me: &str, leader: bool) -> bool {
+    if is_nfs_volume(volume) {
+        leader
+    } else {
+        volume_node(volume) == Some(me)
     }
 }
 
@@ -349,6 +430,35 @@ pub(crate) mod tests {
                 "csi": {"driver": DRIVER, "volumeHandle": format!("local#image#{node}#0123")},
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                     {"key": TOPOLOGY_KEY, "operator": "In", "values": [node]}]}]}},
+                "persistentVolumeReclaimPolicy": "Delete",
+            },
+        }))
+        .unwrap()
+    }
+
+    pub fn nfs_class(binding: &str, expand: bool) -> StorageClass {
+        serde_json::from_value(json!({
+            "metadata": {"name": "warren-nfs"},
+            "provisioner": DRIVER,
+            "parameters": {"backend": "nfs", "server": "10.0.0.5", "share": "/srv",
+                "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}"},
+            "mountOptions": ["hard"],
+            "reclaimPolicy": "Retain",
+            "volumeBindingMode": binding,
+            "allowVolumeExpansion": expand,
+        }))
+        .unwrap()
+    }
+
+    pub const NFS_HANDLE: &str = "nfs#10.0.0.5#/srv#default/data#delete";
+
+    /// An NFS volume's PV as the provisioner writes it: no node affinity.
+    pub fn nfs_volume(size: &str) -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+            "spec": {
+                "capacity": {"storage": size},
+                "csi": {"driver": DRIVER, "volumeHandle": NFS_HANDLE},
                 "persistentVolumeReclaimPolicy": "Delete",
             },
         }))
@@ -579,5 +689,197 @@ pub(crate) mod tests {
             decide(&bigger, Some(&sc), Some(&foreign), "n1", false, None),
             ClaimAction::Nothing(_)
         ));
+    }
+
+    #[test]
+    fn nfs_claims_waiting_for_a_consumer_are_provisioned_by_the_leader_once_scheduled() {
+        let sc = nfs_class("WaitForFirstConsumer", true);
+        let unscheduled = claim(json!({}), json!({"storageClassName": "warren-nfs"}));
+        assert_eq!(
+            decide(&unscheduled, Some(&sc), None, "n1", true, None),
+            ClaimAction::Nothing("waiting for a pod to be scheduled")
+        );
+        let on_n2 = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"storageClassName": "warren-nfs"}),
+        );
+        // The selected node does not act unless it leads; the leader does, wherever it is.
+        assert_eq!(
+            decide(&on_n2, Some(&sc), None, "n2", false, None),
+            ClaimAction::Nothing("an NFS volume: the leader provisions it")
+        );
+        let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n1", true, None) else {
+            panic!("the leader provisions an NFS claim");
+        };
+        assert_eq!(p.name, "pvc-1234");
+        assert!(p.nfs);
+        // CreateVolume is asked for the scheduler's node, as external-provisioner would.
+        assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+        // No rescheduling on a full server: any node would find it as full, and the
+        // scheduler's pending binding needs its choice kept.
+        assert!(!p.scheduled);
+        assert_eq!(p.reclaim_policy, "Retain");
+        assert_eq!(p.mount_options, vec!["hard".to_string()]);
+        assert_eq!(p.parameters.get("backend").map(String::as_str), Some("nfs"));
+        assert_eq!(
+            p.parameters.get("subDir").map(String::as_str),
+            Some("${pvc.metadata.namespace}/${pvc.metadata.name}")
+        );
+        // The leader on the selected node itself: the same.
+        assert!(matches!(
+            decide(&on_n2, Some(&sc), None, "n2", true, None),
+            ClaimAction::Provision(_)
+        ));
+    }
+
+    #[test]
+    fn immediate_nfs_claims_are_provisioned_by_the_leader_without_placement() {
+        let sc = nfs_class("Immediate", true);
+        let fresh = claim(json!({}), json!({"storageClassName": "warren-nfs"}));
+        let ClaimAction::Provision(p) = decide(&fresh, Some(&sc), None, "n1", true, None) else {
+            panic!("no Place step for NFS: the leader provisions at once");
+        };
+        assert!(p.nfs && !p.scheduled);
+        assert_eq!(p.requisite_node, None);
+        assert!(matches!(
+            decide(&fresh, Some(&sc), None, "n2", false, None),
+            ClaimAction::Nothing(_)
+        ));
+        // A placement annotation (left from elsewhere) changes nothing.
+        let placed = claim(
+            json!({PLACED_ON: "n2"}),
+            json!({"storageClassName": "warren-nfs"}),
+        );
+        assert!(matches!(
+            decide(&placed, Some(&sc), None, "n2", false, None),
+            ClaimAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide(&placed, Some(&sc), None, "n1", true, None),
+            ClaimAction::Provision(_)
+        ));
+        // Local classes still go through placement, and record their own node.
+        let local = class("Immediate", true);
+        let on_n1 = claim(json!({PLACED_ON: "n1"}), json!({}));
+        let ClaimAction::Provision(p) = decide(&on_n1, Some(&local), None, "n1", false, None)
+        else {
+            panic!()
+        };
+        assert!(!p.nfs);
+        assert_eq!(p.requisite_node.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn read_write_many_goes_to_createvolume_for_nfs_and_for_local_alike() {
+        use crate::provisioner::capabilities;
+        use warren_core::capability::{parse_capabilities, parse_shared_capabilities};
+        let rwx = json!({"storageClassName": "warren-nfs", "accessModes": ["ReadWriteMany", "ReadOnlyMany"]});
+        let sc = nfs_class("WaitForFirstConsumer", true);
+        let shared = claim(json!({SELECTED_NODE: "n2"}), rwx);
+        let ClaimAction::Provision(p) = decide(&shared, Some(&sc), None, "n1", true, None) else {
+            panic!("an NFS claim may be ReadWriteMany");
+        };
+        assert_eq!(p.access_modes, vec!["ReadWriteMany", "ReadOnlyMany"]);
+        let caps = capabilities(&p.access_modes, p.block, "", &p.mount_options);
+        assert!(parse_shared_capabilities(&caps).is_ok());
+        // A local class: `decide` does not refuse it (it never did); the local
+        // CreateVolume does, with an error event on the claim, as before.
+        let local = class("WaitForFirstConsumer", true);
+        let shared = claim(
+            json!({SELECTED_NODE: "n1"}),
+            json!({"accessModes": ["ReadWriteMany"]}),
+        );
+        let ClaimAction::Provision(p) = decide(&shared, Some(&local), None, "n1", false, None)
+        else {
+            panic!()
+        };
+        assert!(!p.nfs);
+        let caps = capabilities(&p.access_modes, p.block, "", &p.mount_options);
+        assert!(parse_capabilities(&caps).is_err());
+    }
+
+    #[test]
+    fn nfs_restores_and_clones_are_made_by_the_leader() {
+        let sc = nfs_class("WaitForFirstConsumer", true);
+        let restore = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"storageClassName": "warren-nfs", "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap1"}}),
+        );
+        // An NFS snapshot's id names no node (`source_node` is None).
+        let ClaimAction::Provision(p) = decide(&restore, Some(&sc), None, "n1", true, None) else {
+            panic!("the leader restores");
+        };
+        assert_eq!(p.source, Some(Source::Snapshot("snap1".into())));
+        assert!(matches!(
+            decide(&restore, Some(&sc), None, "n2", false, None),
+            ClaimAction::Nothing(_)
+        ));
+        // Even a source that names a node does not move the work off the leader (the NFS
+        // controller then refuses a source that is not on its export).
+        assert!(matches!(
+            decide(&restore, Some(&sc), None, "n1", true, Some("n2")),
+            ClaimAction::Provision(_)
+        ));
+        assert!(matches!(
+            decide(&restore, Some(&sc), None, "n2", false, Some("n2")),
+            ClaimAction::Nothing(_)
+        ));
+        assert_eq!(
+            source_to_locate(&restore, Some(&sc)),
+            Some(Source::Snapshot("snap1".into()))
+        );
+        let now = nfs_class("Immediate", true);
+        let clone = claim(
+            json!({}),
+            json!({"storageClassName": "warren-nfs", "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
+        );
+        let ClaimAction::Provision(p) = decide(&clone, Some(&now), None, "n1", true, None) else {
+            panic!("the leader clones");
+        };
+        assert_eq!(p.source, Some(Source::Claim("orig".into())));
+        assert!(matches!(
+            decide(&clone, Some(&now), None, "n1", false, None),
+            ClaimAction::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn bound_nfs_claims_are_grown_by_the_leader() {
+        let sc = nfs_class("WaitForFirstConsumer", true);
+        let bigger = claim(
+            json!({}),
+            json!({"storageClassName": "warren-nfs", "volumeName": "pvc-1234", "resources": {"requests": {"storage": "2Gi"}}}),
+        );
+        let pv = nfs_volume("1Gi");
+        assert!(is_nfs_volume(&pv));
+        assert_eq!(volume_node(&pv), None);
+        assert_eq!(
+            decide(&bigger, Some(&sc), Some(&pv), "n2", true, None),
+            ClaimAction::Expand {
+                volume_handle: NFS_HANDLE.into(),
+                pv_name: "pvc-1234".into(),
+                bytes: 2 << 30,
+                block: false
+            }
+        );
+        assert_eq!(
+            decide(&bigger, Some(&sc), Some(&pv), "n1", false, None),
+            ClaimAction::Nothing("bound to an NFS volume: the leader grows it")
+        );
+        let fixed = nfs_class("WaitForFirstConsumer", false);
+        assert!(matches!(
+            decide(&bigger, Some(&fixed), Some(&pv), "n1", true, None),
+            ClaimAction::Refuse(_)
+        ));
+        // Ownership of a bound volume follows its handle, not the class: a local PV is
+        // still its node's, leader or not.
+        let local_pv = volume("n1", "1Gi");
+        assert!(!is_nfs_volume(&local_pv));
+        assert!(matches!(
+            decide(&bigger, Some(&sc), Some(&local_pv), "n2", true, None),
+            ClaimAction::Nothing(_)
+        ));
+        assert!(acts_on(&local_pv, "n1", false) && !acts_on(&local_pv, "n2", true));
+        assert!(acts_on(&pv, "n2", true) && !acts_on(&pv, "n1", false));
     }
 }

@@ -1,12 +1,14 @@
 //! The edge mode's Kubernetes side, all in the node process: kubelet plugin registration,
 //! leader election, and the claim and volume reconcilers (provisioner, resizer, deleter).
+//! The leader also does what no node owns: placing Immediate-binding claims, and every
+//! step of NFS volumes and their snapshots.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use csi_proto::v1::controller_server::Controller as CsiController;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
@@ -38,7 +40,8 @@ pub struct EdgeConfig {
     pub registration_dir: PathBuf,
 }
 
-/// Name of the Lease whose holder places Immediate-binding claims.
+/// Name of the Lease whose holder places Immediate-binding claims (and looks after NFS
+/// volumes).
 pub const LEASE_NAME: &str = "warren-edge-placement";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
@@ -85,6 +88,8 @@ pub async fn run<C: CsiController>(
     let claims = claim_controller.store();
     let claims_of_class = claims.clone();
     let claim_controller = claim_controller
+        // A new leader takes over placements and NFS volumes at once.
+        .reconcile_all_on(on_becoming_leader(leading.clone()))
         // A volume appearing, growing or going away concerns the claim it is bound to.
         .watches(
             volume_api,
@@ -129,6 +134,7 @@ pub async fn run<C: CsiController>(
         &client,
         csi.clone(),
         &config.node,
+        leading.clone(),
         claims.clone(),
         volumes.clone(),
         recorder.clone(),
@@ -160,6 +166,7 @@ pub async fn run<C: CsiController>(
             }
         });
     let volumes_done = volume_controller
+        .reconcile_all_on(on_becoming_leader(ctx.leading.clone()))
         .graceful_shutdown_on(shutdown(&stop))
         .run(reconcile_volume, retry_later, ctx)
         .for_each(|result| async move {
@@ -179,12 +186,29 @@ pub async fn run<C: CsiController>(
     Ok(())
 }
 
+/// Yields each time this node becomes the leader (not at each renewal: the lease task
+/// sends its state every round).
+fn on_becoming_leader(leading: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold((leading, false), |(mut leading, mut was)| async move {
+        loop {
+            leading.changed().await.ok()?;
+            let now = *leading.borrow_and_update();
+            if now && !was {
+                return Some(((), (leading, true)));
+            }
+            was = now;
+        }
+    })
+}
+
 /// The VolumeSnapshot reconciler, when the snapshot CRDs are installed (checked once at
 /// startup: installing them later needs a restart of Warren, which the docs say).
+#[allow(clippy::too_many_arguments)]
 async fn snapshot_reconciler<C: CsiController>(
     client: &kube::Client,
     csi: Arc<C>,
     node: &str,
+    leading: watch::Receiver<bool>,
     claims: reflector::Store<PersistentVolumeClaim>,
     volumes: reflector::Store<PersistentVolume>,
     recorder: Recorder,
@@ -213,6 +237,7 @@ async fn snapshot_reconciler<C: CsiController>(
         client: client.clone(),
         csi,
         node: node.to_string(),
+        leading: leading.clone(),
         claims,
         volumes,
         classes,
@@ -220,6 +245,7 @@ async fn snapshot_reconciler<C: CsiController>(
     });
     let mut stop = stop.clone();
     let snapshots = Controller::new_with(api, watcher::Config::default(), resource)
+        .reconcile_all_on(on_becoming_leader(leading))
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -248,4 +274,25 @@ where
 {
     tracing::warn!(object = %kube::ResourceExt::name_any(&*object), error = %error, "will retry");
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn a_new_leader_is_signalled_once_per_takeover_not_per_renewal() {
+        let (tx, rx) = watch::channel(false);
+        let mut signals = Box::pin(on_becoming_leader(rx));
+        let mut seen = Vec::new();
+        // The lease task sends every round, changed or not.
+        for lead in [false, true, true, true, false, false, true, true] {
+            tx.send_replace(lead);
+            seen.push(signals.next().now_or_never().is_some());
+        }
+        assert_eq!(seen, [false, true, false, false, false, false, true, false]);
+        drop(tx);
+        assert_eq!(signals.next().await, None, "ends with the lease task");
+    }
 }

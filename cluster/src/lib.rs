@@ -9,8 +9,9 @@
 //! - `discovery`: the standard mode's controller finds the nodes' agents from Node
 //!   objects.
 //! - `authority`: lets the kubelet's plugin watcher talk to a tonic server.
-//! - `lease`: leader election on a coordination.k8s.io Lease, for the one decision no
-//!   node owns (where an Immediate-binding volume goes).
+//! - `lease`: leader election on a coordination.k8s.io Lease, for what no node owns:
+//!   where an Immediate-binding volume goes, and every step of NFS volumes (which live
+//!   on a server all nodes reach) and their snapshots.
 
 pub mod authority;
 pub mod claims;

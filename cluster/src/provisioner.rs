@@ -234,14 +234,17 @@ async fn provision<C: Controller>(
         (None, Some(_)) => return Err(Error::Invalid("data source not resolved".into())),
     };
     let fs_type = fs_type(&p.parameters);
-    let mut parameters: HashMap<String, String> = p.parameters.clone().into_iter().collect();
-    // What external-provisioner's --extra-create-metadata passes.
-    parameters.insert("csi.storage.k8s.io/pvc/name".into(), claim.name_any());
-    parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), namespace.clone());
-    parameters.insert("csi.storage.k8s.io/pv/name".into(), p.name.clone());
-    let topology = Topology {
-        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), ctx.node.clone())]),
-    };
+    let parameters = create_parameters(claim, p);
+    // This node for a local volume; for an NFS one the scheduler's choice, or nothing.
+    let accessibility_requirements = p.requisite_node.as_ref().map(|node| {
+        let topology = Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.clone())]),
+        };
+        TopologyRequirement {
+            requisite: vec![topology.clone()],
+            preferred: vec![topology],
+        }
+    });
     let request = CreateVolumeRequest {
         name: p.name.clone(),
         capacity_range: Some(CapacityRange {
@@ -251,10 +254,7 @@ async fn provision<C: Controller>(
         volume_capabilities: capabilities(&p.access_modes, p.block, &fs_type, &p.mount_options),
         parameters,
         volume_content_source: source,
-        accessibility_requirements: Some(TopologyRequirement {
-            requisite: vec![topology.clone()],
-            preferred: vec![topology],
-        }),
+        accessibility_requirements,
         ..Default::default()
     };
     let volume = match ctx.csi.create_volume(Request::new(request)).await {
@@ -299,10 +299,17 @@ async fn provision<C: Controller>(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(volume = %volume.volume_id, bytes = volume.capacity_bytes, "provisioned");
-    let note = format!(
-        "Successfully provisioned volume {} on node {}",
-        p.name, ctx.node
-    );
+    let note = if claims::is_nfs_volume_handle(&volume.volume_id) {
+        format!(
+            "Successfully provisioned NFS volume {} (by node {})",
+            p.name, ctx.node
+        )
+    } else {
+        format!(
+            "Successfully provisioned volume {} on node {}",
+            p.name, ctx.node
+        )
+    };
     event(
         ctx,
         claim,
@@ -315,6 +322,20 @@ async fn provision<C: Controller>(
     Ok(())
 }
 
+/// CreateVolume's parameters: the class's, and what external-provisioner's
+/// `--extra-create-metadata` adds (an NFS class's `subDir` fills its `${pvc.metadata.name}`,
+/// `${pvc.metadata.namespace}` and `${pv.metadata.name}` from them).
+fn create_parameters(claim: &PersistentVolumeClaim, p: &Provision) -> HashMap<String, String> {
+    let mut parameters: HashMap<String, String> = p.parameters.clone().into_iter().collect();
+    parameters.insert("csi.storage.k8s.io/pvc/name".into(), claim.name_any());
+    parameters.insert(
+        "csi.storage.k8s.io/pvc/namespace".into(),
+        claim.namespace().unwrap_or_default(),
+    );
+    parameters.insert("csi.storage.k8s.io/pv/name".into(), p.name.clone());
+    parameters
+}
+
 fn fs_type(parameters: &BTreeMap<String, String>) -> String {
     parameters
         .get("csi.storage.k8s.io/fstype")
@@ -324,7 +345,7 @@ fn fs_type(parameters: &BTreeMap<String, String>) -> String {
 }
 
 /// One capability per access mode, as external-provisioner sends them.
-fn capabilities(
+pub(crate) fn capabilities(
     modes: &[String],
     block: bool,
     fs_type: &str,
@@ -362,6 +383,9 @@ fn csi_access_mode(mode: &str) -> access_mode::Mode {
     }
 }
 
+/// The PV of a volume just created: pre-bound to its claim, pinned to `node` — unless
+/// its handle names an NFS volume, which every node reaches (no node affinity, as
+/// external-provisioner writes it when CreateVolume returns no topology).
 #[allow(clippy::too_many_arguments)]
 fn volume_object(
     claim: &PersistentVolumeClaim,
@@ -410,7 +434,7 @@ fn volume_object(
                 ..Default::default()
             }),
             mount_options: (!p.mount_options.is_empty()).then(|| p.mount_options.clone()),
-            node_affinity: Some(VolumeNodeAffinity {
+            node_affinity: (!claims::is_nfs_volume_handle(volume_id)).then(|| VolumeNodeAffinity {
                 required: Some(NodeSelector {
                     node_selector_terms: vec![NodeSelectorTerm {
                         match_expressions: Some(vec![NodeSelectorRequirement {
@@ -648,5 +672,134 @@ pub async fn event<C, K>(
     };
     if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
         tracing::debug!(error = %e, "could not record an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::tests::{claim, class, nfs_class, NFS_HANDLE};
+    use crate::claims::{decide, SELECTED_NODE};
+
+    fn provision_of(class: &StorageClass, claim: &PersistentVolumeClaim, me: &str) -> Provision {
+        match decide(claim, Some(class), None, me, true, None) {
+            ClaimAction::Provision(p) => p,
+            other => panic!("expected a Provision, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_nfs_volumes_pv_has_no_node_affinity_and_the_rest_as_for_local() {
+        let sc = nfs_class("WaitForFirstConsumer", true);
+        let mut sc = sc;
+        sc.reclaim_policy = Some("Delete".into());
+        let c = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"storageClassName": "warren-nfs", "accessModes": ["ReadWriteMany"]}),
+        );
+        let p = provision_of(&sc, &c, "n1");
+        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), "n1");
+        let spec = pv.spec.as_ref().unwrap();
+        assert_eq!(spec.node_affinity, None);
+        assert_eq!(pv.metadata.name.as_deref(), Some("pvc-1234"));
+        assert_eq!(
+            pv.metadata.finalizers,
+            Some(vec![FINALIZER.to_string()]),
+            "reclaim Delete: Warren's finalizer"
+        );
+        assert_eq!(
+            pv.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(claims::PROVISIONED_BY))
+                .map(String::as_str),
+            Some(DRIVER)
+        );
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
+        assert_eq!(spec.mount_options, Some(vec!["hard".to_string()]));
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("warren-nfs"));
+        assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
+        let claim_ref = spec.claim_ref.as_ref().unwrap();
+        assert_eq!(claim_ref.name.as_deref(), Some("data"));
+        assert_eq!(claim_ref.namespace.as_deref(), Some("default"));
+        assert_eq!(claim_ref.uid.as_deref(), Some("1234"));
+        let csi = spec.csi.as_ref().unwrap();
+        assert_eq!(csi.driver, DRIVER);
+        assert_eq!(csi.volume_handle, NFS_HANDLE);
+        assert_eq!(
+            spec.capacity.as_ref().unwrap().get("storage"),
+            Some(&Quantity("1Gi".into()))
+        );
+        // An NFS class under Retain: no finalizer, as for local volumes.
+        let kept = nfs_class("Immediate", true);
+        let p = provision_of(&kept, &c, "n1");
+        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), "n1");
+        assert_eq!(pv.metadata.finalizers, None);
+        assert_eq!(
+            pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain")
+        );
+    }
+
+    #[test]
+    fn createvolume_gets_the_claims_and_pvs_names_for_subdir() {
+        let sc = nfs_class("Immediate", true);
+        let c = claim(json!({}), json!({"storageClassName": "warren-nfs"}));
+        let p = provision_of(&sc, &c, "n1");
+        let parameters = create_parameters(&c, &p);
+        let get = |k: &str| parameters.get(k).map(String::as_str);
+        assert_eq!(get("csi.storage.k8s.io/pvc/name"), Some("data"));
+        assert_eq!(get("csi.storage.k8s.io/pvc/namespace"), Some("default"));
+        assert_eq!(get("csi.storage.k8s.io/pv/name"), Some("pvc-1234"));
+        assert_eq!(get("backend"), Some("nfs"));
+        assert_eq!(get("server"), Some("10.0.0.5"));
+        assert_eq!(
+            get("subDir"),
+            Some("${pvc.metadata.namespace}/${pvc.metadata.name}")
+        );
+    }
+
+    #[test]
+    fn a_local_volumes_pv_is_pinned_to_its_node() {
+        let sc = class("WaitForFirstConsumer", true);
+        let c = claim(json!({SELECTED_NODE: "n1"}), json!({}));
+        let p = provision_of(&sc, &c, "n1");
+        let handle = "local#image#n1#0123456789abcdef0123456789abcdef";
+        let pv = volume_object(&c, &p, handle, 1 << 30, "ext4", &HashMap::new(), "n1");
+        assert_eq!(claims::volume_node(&pv), Some("n1"));
+        assert_eq!(
+            pv.spec.unwrap().csi.unwrap().fs_type.as_deref(),
+            Some("ext4")
+        );
+    }
+
+    #[test]
+    fn access_modes_become_csi_modes() {
+        let modes: Vec<String> = [
+            "ReadWriteOnce",
+            "ReadWriteOncePod",
+            "ReadOnlyMany",
+            "ReadWriteMany",
+        ]
+        .map(String::from)
+        .to_vec();
+        let caps = capabilities(&modes, false, "", &[]);
+        let got: Vec<i32> = caps
+            .iter()
+            .map(|c| c.access_mode.as_ref().unwrap().mode)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                access_mode::Mode::SingleNodeWriter as i32,
+                access_mode::Mode::SingleNodeSingleWriter as i32,
+                access_mode::Mode::MultiNodeReaderOnly as i32,
+                access_mode::Mode::MultiNodeMultiWriter as i32,
+            ]
+        );
     }
 }

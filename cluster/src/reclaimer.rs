@@ -1,5 +1,6 @@
-//! Carries out what `volumes::decide` says: deletes the storage of released volumes
-//! (reclaim policy Delete) on the node that holds them, then the PV object.
+//! Carries out what `volumes::decide_as` says: deletes the storage of released volumes
+//! (reclaim policy Delete) on the node that holds them (the leader, for NFS volumes),
+//! then the PV object.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,8 @@ pub async fn reconcile_volume<C: Controller>(
     ctx: Arc<Context<C>>,
 ) -> Result<Action> {
     let name = volume.name_any();
-    match volumes::decide(&volume, &ctx.node) {
+    let leading = *ctx.leading.borrow();
+    match volumes::decide_as(&volume, &ctx.node, leading) {
         VolumeAction::Nothing(why) => {
             tracing::trace!(volume = %name, why, "nothing to do");
             Ok(Action::requeue(Duration::from_secs(300)))

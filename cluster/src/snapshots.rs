@@ -1,5 +1,6 @@
 //! VolumeSnapshots in the edge mode: what the snapshot-controller and the csi-snapshotter
-//! sidecar do in a standard deployment, done by the node that holds the source volume.
+//! sidecar do in a standard deployment, done by the node that holds the source volume —
+//! by the leader when the source is an NFS volume, which no node holds.
 //!
 //! The VolumeSnapshotContent gets the name the snapshot-controller would give it
 //! (`snapcontent-<snapshot uid>`) and the CSI snapshot the name csi-snapshotter would
@@ -12,7 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::core::DynamicObject;
 use serde::Deserialize;
 
-use crate::claims::{provisioned_by_warren, volume_node};
+use crate::claims::{acts_on, is_nfs_snapshot_handle, is_nfs_volume, provisioned_by_warren};
 use crate::DRIVER;
 
 /// Warren's finalizer on the VolumeSnapshots it serves: the object stays until the
@@ -105,14 +106,31 @@ pub fn content_status(content: &DynamicObject) -> ContentStatus {
     spec_of(content, "status")
 }
 
-/// What a VolumeSnapshot asks of this node. `class` is the snapshot's class (or the
-/// default one), `claim`/`volume` its source claim and that claim's PV, as observed.
+/// `decide_as` for a node that does not lead, knowing no content's handle (snapshots of
+/// local volumes need neither).
 pub fn decide(
     snapshot: &DynamicObject,
     class: Option<&DynamicObject>,
     claim: Option<&PersistentVolumeClaim>,
     volume: Option<&PersistentVolume>,
     me: &str,
+) -> SnapshotAction {
+    decide_as(snapshot, class, claim, volume, me, false, None)
+}
+
+/// What a VolumeSnapshot asks of this node. `class` is the snapshot's class (or the
+/// default one), `claim`/`volume` its source claim and that claim's PV, as observed;
+/// `content_handle` the CSI handle its bound content records, when the caller read it
+/// (for a snapshot being deleted): a snapshot of an NFS volume (`nfssnap#…`) is the
+/// leader's even once its source claim and volume are gone.
+pub fn decide_as(
+    snapshot: &DynamicObject,
+    class: Option<&DynamicObject>,
+    claim: Option<&PersistentVolumeClaim>,
+    volume: Option<&PersistentVolume>,
+    me: &str,
+    leader: bool,
+    content_handle: Option<&str>,
 ) -> SnapshotAction {
     use SnapshotAction::*;
     let spec = snapshot_spec(snapshot);
@@ -128,14 +146,33 @@ pub fn decide(
     if spec.source.persistent_volume_claim_name.is_none() {
         return Nothing("a pre-provisioned snapshot: nothing to take");
     }
-    // Whose is it? The source volume's node, if the volume is Warren's.
+    let deleting = snapshot.metadata.deletion_timestamp.is_some();
+    // A snapshot of an NFS volume outlives its source: its handle says it is the leader's.
+    if deleting && volume.is_none() && content_handle.is_some_and(is_nfs_snapshot_handle) {
+        return match (finalized, leader) {
+            (false, _) => Nothing("being deleted, nothing of Warren's holds it"),
+            (true, false) => Nothing("a snapshot of an NFS volume: the leader deletes it"),
+            (true, true) => Delete {
+                content: status.bound_volume_snapshot_content_name,
+            },
+        };
+    }
+    // Whose is it? The source volume's node, if the volume is Warren's; the leader's, if
+    // it is an NFS volume.
     let Some(volume) = volume else {
         return Nothing("source volume not seen");
     };
-    if !provisioned_by_warren(volume) || volume_node(volume) != Some(me) {
+    if !provisioned_by_warren(volume) {
         return Nothing("the source volume is not this node's");
     }
-    if snapshot.metadata.deletion_timestamp.is_some() {
+    if !acts_on(volume, me, leader) {
+        return if is_nfs_volume(volume) {
+            Nothing("the source is an NFS volume: the leader snapshots it")
+        } else {
+            Nothing("the source volume is not this node's")
+        };
+    }
+    if deleting {
         return if finalized {
             Delete {
                 content: status.bound_volume_snapshot_content_name,
@@ -203,7 +240,7 @@ pub fn pick_class<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::{claim, volume};
+    use crate::claims::tests::{claim, nfs_volume, volume, NFS_HANDLE};
     use serde_json::json;
 
     fn snapshot(extra: serde_json::Value) -> DynamicObject {
@@ -338,5 +375,134 @@ mod tests {
                 .as_deref(),
             Some("warren")
         );
+    }
+
+    #[test]
+    fn the_leader_snapshots_an_nfs_volume() {
+        let s = snapshot(json!({}));
+        let c = class(DRIVER, false);
+        let pv = nfs_volume("1Gi");
+        let SnapshotAction::Take(take) = decide_as(
+            &s,
+            Some(&c),
+            Some(&bound_claim()),
+            Some(&pv),
+            "n2",
+            true,
+            None,
+        ) else {
+            panic!("the leader snapshots an NFS volume");
+        };
+        assert_eq!(take.source_handle, NFS_HANDLE);
+        assert_eq!(take.content_name, "snapcontent-77");
+        assert_eq!(take.snapshot_name, "snapshot-77");
+        assert_eq!(
+            decide_as(
+                &s,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&pv),
+                "n1",
+                false,
+                None
+            ),
+            SnapshotAction::Nothing("the source is an NFS volume: the leader snapshots it")
+        );
+        assert!(matches!(
+            decide(&s, Some(&c), Some(&bound_claim()), Some(&pv), "n1"),
+            SnapshotAction::Nothing(_)
+        ));
+        // A local source stays its node's, whoever leads.
+        let local = volume("n1", "1Gi");
+        assert!(matches!(
+            decide_as(
+                &s,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&local),
+                "n2",
+                true,
+                None
+            ),
+            SnapshotAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide_as(
+                &s,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&local),
+                "n1",
+                false,
+                None
+            ),
+            SnapshotAction::Take(_)
+        ));
+    }
+
+    #[test]
+    fn the_leader_deletes_nfs_snapshots_even_without_their_source() {
+        let c = class(DRIVER, false);
+        let deleting = snapshot(
+            json!({"metadata": {"name": "snap", "namespace": "default", "uid": "77",
+            "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER]},
+            "status": {"boundVolumeSnapshotContentName": "snapcontent-77"}}),
+        );
+        let want = SnapshotAction::Delete {
+            content: Some("snapcontent-77".into()),
+        };
+        // Source still there: the leader, by the volume's handle.
+        let pv = nfs_volume("1Gi");
+        assert_eq!(
+            decide_as(
+                &deleting,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&pv),
+                "n2",
+                true,
+                None
+            ),
+            want
+        );
+        assert!(matches!(
+            decide_as(
+                &deleting,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&pv),
+                "n1",
+                false,
+                None
+            ),
+            SnapshotAction::Nothing(_)
+        ));
+        // Source claim and volume gone: the leader, by the snapshot's handle.
+        let handle = Some("nfssnap#10.0.0.5#/srv#0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            decide_as(&deleting, Some(&c), None, None, "n2", true, handle),
+            want
+        );
+        assert!(matches!(
+            decide_as(&deleting, Some(&c), None, None, "n1", false, handle),
+            SnapshotAction::Nothing(_)
+        ));
+        // Without Warren's finalizer it is not Warren's to finish.
+        let unfinalized = snapshot(
+            json!({"metadata": {"name": "snap", "namespace": "default", "uid": "77",
+            "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["other"]},
+            "status": {"boundVolumeSnapshotContentName": "snapcontent-77"}}),
+        );
+        assert!(matches!(
+            decide_as(&unfinalized, Some(&c), None, None, "n2", true, handle),
+            SnapshotAction::Nothing(_)
+        ));
+        // A local snapshot's handle moves nothing to the leader (as before: its source's
+        // node decides).
+        let local = Some("snap#image#n1#0123456789abcdef0123456789abcdef");
+        assert!(matches!(
+            decide_as(&deleting, Some(&c), None, None, "n2", true, local),
+            SnapshotAction::Nothing(_)
+        ));
     }
 }

@@ -1,6 +1,6 @@
-//! Carries out what `snapshots::decide` says: the content object, the CSI snapshot on
-//! the node that holds the source, and the status of both objects; on deletion, the
-//! content's deletion policy.
+//! Carries out what `snapshots::decide_as` says: the content object, the CSI snapshot on
+//! the node that holds the source (the leader, for an NFS source), and the status of both
+//! objects; on deletion, the content's deletion policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::watch;
 use tonic::Request;
 
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ pub struct SnapshotContext<C> {
     pub client: kube::Client,
     pub csi: Arc<C>,
     pub node: String,
+    pub leading: watch::Receiver<bool>,
     pub claims: Store<PersistentVolumeClaim>,
     pub volumes: Store<PersistentVolume>,
     pub classes: Store<DynamicObject>,
@@ -65,12 +67,30 @@ pub async fn reconcile_snapshot<C: Controller>(
         .and_then(|name| ctx.volumes.get(&ObjectRef::new(&name)));
     let classes: Vec<DynamicObject> = ctx.classes.state().iter().map(|c| (**c).clone()).collect();
     let class = pick_class(&snapshot, &classes);
-    match snapshots::decide(
+    let leading = *ctx.leading.borrow();
+    // A snapshot being deleted whose source is gone: its content's handle tells whose it
+    // is (an NFS snapshot is the leader's). Read only then, and only by the leader.
+    let content_handle = match snapshots::snapshot_status(&snapshot)
+        .bound_volume_snapshot_content_name
+    {
+        Some(content)
+            if leading && volume.is_none() && snapshot.metadata.deletion_timestamp.is_some() =>
+        {
+            ctx.contents()
+                .get_opt(&content)
+                .await?
+                .and_then(|c| content_status(&c).snapshot_handle)
+        }
+        _ => None,
+    };
+    match snapshots::decide_as(
         &snapshot,
         class,
         claim.as_deref(),
         volume.as_deref(),
         &ctx.node,
+        leading,
+        content_handle.as_deref(),
     ) {
         SnapshotAction::Nothing(_) => Ok(Action::requeue(Duration::from_secs(60))),
         SnapshotAction::Refuse(why) => {

@@ -1,9 +1,10 @@
-//! What a PersistentVolume asks of this node: a pure function of the PV and this node's
-//! name. Only the node that holds a volume deletes it.
+//! What a PersistentVolume asks of this node: a pure function of the PV, this node's
+//! name and whether it leads. Only the node that holds a local volume deletes it; an NFS
+//! volume (handle `nfs#…`), which no node holds, is deleted by the leader.
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 
-use crate::claims::{provisioned_by_warren, volume_node};
+use crate::claims::{acts_on, is_nfs_volume, provisioned_by_warren};
 
 /// Warren's finalizer on the PVs it provisions with reclaim policy Delete: the PV object
 /// cannot vanish (`kubectl delete pv`) before its storage is deleted.
@@ -20,13 +21,22 @@ pub enum VolumeAction {
     ReleaseFinalizer,
 }
 
+/// `decide_as` for a node that does not lead (local volumes do not care who leads).
 pub fn decide(volume: &PersistentVolume, me: &str) -> VolumeAction {
+    decide_as(volume, me, false)
+}
+
+pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAction {
     use VolumeAction::*;
     if !provisioned_by_warren(volume) {
         return Nothing("not provisioned by Warren");
     }
-    if volume_node(volume) != Some(me) {
-        return Nothing("held by another node");
+    if !acts_on(volume, me, leader) {
+        return if is_nfs_volume(volume) {
+            Nothing("an NFS volume: the leader deletes it")
+        } else {
+            Nothing("held by another node")
+        };
     }
     let spec = volume
         .spec
@@ -75,7 +85,7 @@ pub fn decide(volume: &PersistentVolume, me: &str) -> VolumeAction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::volume;
+    use crate::claims::tests::{nfs_volume, volume, NFS_HANDLE};
     use serde_json::json;
 
     fn with(mut pv: PersistentVolume, phase: &str, policy: &str) -> PersistentVolume {
@@ -126,5 +136,69 @@ mod tests {
         let mut foreign = deleted("Released", "Delete");
         foreign.metadata.annotations = None;
         assert!(matches!(decide(&foreign, "n1"), VolumeAction::Nothing(_)));
+    }
+
+    #[test]
+    fn nfs_volumes_are_deleted_by_the_leader_only() {
+        let handle = NFS_HANDLE.to_string();
+        let released = with(nfs_volume("1Gi"), "Released", "Delete");
+        assert_eq!(
+            decide_as(&released, "n2", true),
+            VolumeAction::Delete {
+                volume_handle: handle.clone()
+            }
+        );
+        assert_eq!(
+            decide_as(&released, "n1", false),
+            VolumeAction::Nothing("an NFS volume: the leader deletes it")
+        );
+        assert!(matches!(decide(&released, "n1"), VolumeAction::Nothing(_)));
+        let kept = with(nfs_volume("1Gi"), "Released", "Retain");
+        assert!(matches!(
+            decide_as(&kept, "n1", true),
+            VolumeAction::Nothing(_)
+        ));
+        let bound = with(nfs_volume("1Gi"), "Bound", "Delete");
+        assert!(matches!(
+            decide_as(&bound, "n1", true),
+            VolumeAction::Nothing(_)
+        ));
+        // A PV object deleted by hand: the leader deletes the storage once unbound, or
+        // just lets the object go under Retain.
+        let deleted = |phase: &str, policy: &str| {
+            let mut pv = with(nfs_volume("1Gi"), phase, policy);
+            pv.metadata.deletion_timestamp =
+                Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+            pv.metadata.finalizers = Some(vec![FINALIZER.into()]);
+            pv
+        };
+        assert_eq!(
+            decide_as(&deleted("Available", "Delete"), "n1", true),
+            VolumeAction::Delete {
+                volume_handle: handle
+            }
+        );
+        assert!(matches!(
+            decide_as(&deleted("Available", "Delete"), "n1", false),
+            VolumeAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide_as(&deleted("Bound", "Delete"), "n1", true),
+            VolumeAction::Nothing(_)
+        ));
+        assert_eq!(
+            decide_as(&deleted("Released", "Retain"), "n1", true),
+            VolumeAction::ReleaseFinalizer
+        );
+        // Leading changes nothing for a local volume: still its node's alone.
+        let local = with(volume("n1", "1Gi"), "Released", "Delete");
+        assert!(matches!(
+            decide_as(&local, "n2", true),
+            VolumeAction::Nothing(_)
+        ));
+        assert!(matches!(
+            decide_as(&local, "n1", false),
+            VolumeAction::Delete { .. }
+        ));
     }
 }
