@@ -103,7 +103,7 @@ pub async fn run(mode: Mode) -> Result<()> {
             let agent_addr: std::net::SocketAddr = args.agent_listen.parse().map_err(|e| {
                 Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
             })?;
-            let storage = sharing_store(&args.node, &args.common, &store).await?;
+            let storage = sharing_store(&args.node, &store).await?;
             let agent_service = agent::server(storage, &token)?;
             // Bind now, so a taken port fails startup instead of a background task.
             let agent_listener = tokio::net::TcpListener::bind(agent_addr)
@@ -165,10 +165,7 @@ async fn serve_all(
     let store = open_store(node_side)?;
     let metrics = observability(common, Some(&store), &ready, &stop_rx).await?;
     let nodes = Nodes::default();
-    nodes.add(
-        &node_side.node_id,
-        sharing_store(node_side, common, &store).await?,
-    );
+    nodes.add(&node_side.node_id, sharing_store(node_side, &store).await?);
     let controller = start_controller(common, nodes, stop_rx.clone()).await?;
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
     let node = NodeService::new(
@@ -233,11 +230,7 @@ fn open_store(node: &NodeSide) -> Result<LocalStore> {
 
 /// The node's storage as the controller reaches it, with the built-in share started
 /// when `--share-listen` asks for it (which serves again what was shared before).
-async fn sharing_store(
-    node: &NodeSide,
-    common: &Common,
-    store: &LocalStore,
-) -> Result<Arc<SharingStore>> {
+async fn sharing_store(node: &NodeSide, store: &LocalStore) -> Result<Arc<SharingStore>> {
     let Some(listen) = &node.share_listen else {
         return Ok(Arc::new(SharingStore::new(store.clone(), None)));
     };
@@ -255,13 +248,12 @@ async fn sharing_store(
             ))
         }
     };
-    let (state_dir, for_share) = (common.state_dir.clone(), store.clone());
+    let for_share = store.clone();
     let stager = Arc::new(Stager::new(store.clone(), Arc::new(SystemMounter)));
-    let host = tokio::task::spawn_blocking(move || {
-        ShareHost::start(listen, advertise, &state_dir, for_share, stager)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("share start: {e}")))??;
+    let host =
+        tokio::task::spawn_blocking(move || ShareHost::start(listen, advertise, for_share, stager))
+            .await
+            .map_err(|e| Error::Internal(format!("share start: {e}")))??;
     tracing::info!(endpoint = %host.endpoint(), "built-in NFS share serving");
     Ok(Arc::new(SharingStore::new(
         store.clone(),

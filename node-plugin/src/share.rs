@@ -4,9 +4,9 @@
 //! other nodes mount it ReadWriteMany with no NFS server in the cluster.
 //!
 //! To be served, the volume must be mounted here whether or not a pod on this node uses
-//! it: the share keeps its own mount at `<state-dir>/shares/<key>/mnt` (staged the way
-//! NodeStage stages, so a pod on this node shares the same file system). The directory
-//! `<state-dir>/shares/<key>` is also the record that the volume is shared: at startup
+//! it: the share keeps its own mount at `<storage-root>/shares/<key>/mnt` (staged the
+//! way NodeStage stages, so a pod on this node shares the same file system). The
+//! directory `<storage-root>/shares/<key>` is also the record that the volume is shared: at startup
 //! every one of them whose volume still exists is mounted and exported again.
 //!
 //! `SharingStore` wraps the node's `LocalStore` where the controller reaches it
@@ -15,7 +15,7 @@
 //! a volume that may be used only elsewhere).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -48,13 +48,12 @@ impl ShareHost {
     pub fn start(
         listen: SocketAddr,
         advertise: IpAddr,
-        state_dir: &Path,
         store: LocalStore,
         stager: Arc<Stager>,
     ) -> warren_core::Result<ShareHost> {
-        let dir = state_dir.join("shares");
+        let dir = store.dirs().shares();
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let generation = load_or_create_generation(&state_dir.join("share-generation"))?;
+        let generation = load_or_create_generation(&store.dirs().root.join("share-generation"))?;
         let server = ShareServer::bind(listen, generation)?;
         let endpoint = SocketAddr::new(advertise, server.local_addr().port()).to_string();
         let host = ShareHost {

@@ -44,6 +44,8 @@ pub enum Stats {
 
 impl Stats {
     /// Usage as a file system's `statvfs` gives it.
+    // The casts are needed where fsblkcnt_t is 32 bits (32-bit ARM edge boards).
+    #[allow(clippy::unnecessary_cast)]
     pub fn of(st: &nix::sys::statvfs::Statvfs) -> Stats {
         let frsize = st.fragment_size() as u64;
         let (total, free, avail) = (
@@ -194,13 +196,21 @@ impl Stager {
             let image = self.image(&meta);
             if let Some(dev) = self.store.devices().find(&image)? {
                 let mounts = mountinfo::read()?;
-                if let Some(m) = mounts.iter().find(|m| Path::new(&m.source) == dev) {
+                let shares = self.store.dirs().shares();
+                let mut users = mounts.iter().filter(|m| Path::new(&m.source) == dev);
+                // The built-in share's own mount keeps the device: it is not a pod's.
+                let (shared, others): (Vec<_>, Vec<_>) = users
+                    .by_ref()
+                    .partition(|m| m.mount_point.starts_with(&shares));
+                if let Some(m) = others.first() {
                     return Err(precondition(format!(
                         "volume {id} is still mounted at {}; unpublish it first",
                         m.mount_point.display()
                     )));
                 }
-                self.store.devices().detach(&image)?;
+                if shared.is_empty() {
+                    self.store.devices().detach(&image)?;
+                }
             }
         }
         Ok(())

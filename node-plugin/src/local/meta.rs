@@ -52,6 +52,10 @@ impl Dirs {
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")
     }
+    /// The built-in share's mounts of shared volumes (`shares/<key>/mnt`).
+    pub fn shares(&self) -> PathBuf {
+        self.root.join("shares")
+    }
     pub fn snapshots(&self) -> PathBuf {
         self.root.join("snapshots")
     }
