@@ -14,12 +14,18 @@
 //! grows and deletes them, and takes their snapshots. A new claim is known for one by
 //! its class's `backend`, an existing volume by its handle (`nfs#…`), a snapshot by its
 //! handle (`nfssnap#…`).
+//!
+//! Shared volumes (`backend: share`) are local image volumes their node also serves over
+//! NFS: placed, provisioned, grown, deleted and snapshotted like local volumes (their id
+//! is a local one, `local#image#<node>#<key>`), with every access mode. Their PV has no
+//! node affinity (CreateVolume returns no topology), so their node is read off the handle.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use warren_core::ids::VolumeId;
 use warren_core::params::KEY_BACKEND;
 
 use crate::quantity::parse_bytes;
@@ -85,7 +91,7 @@ pub struct Provision {
     /// the leader provisions it, and its PV gets no node affinity.
     pub nfs: bool,
     /// The node whose topology CreateVolume is given as requisite (as external-provisioner
-    /// gives the selected node's): this node for a local volume; the scheduler's choice
+    /// gives the selected node's): this node for a local or shared volume; the scheduler's choice
     /// for an NFS volume of a WaitForFirstConsumer claim; none for an Immediate one.
     pub requisite_node: Option<String>,
 }
@@ -339,7 +345,7 @@ pub fn is_nfs_volume(volume: &PersistentVolume) -> bool {
 }
 
 /// Whether this node acts on a volume Warren provisioned: the leader on an NFS volume,
-/// the node it is pinned to on a local one.
+/// the node that holds it on a local or shared one (`volume_node`).
 pub fn acts_on(volume: &PersistentVolume, me: &str, leader: bool) -> bool {
     if is_nfs_volume(volume) {
         leader
@@ -363,22 +369,31 @@ pub fn provisioned_by_warren(volume: &PersistentVolume) -> bool {
     annotated && csi
 }
 
-/// The node a volume is pinned to by its node affinity (Warren's topology key).
+/// The node that holds a volume: the one its node affinity pins it to (Warren's topology
+/// key), else the one its CSI handle names — a shared volume (`backend: share`) has a
+/// local volume's id (`local#image#<node>#<key>`) but no node affinity, since pods on
+/// every node reach it, and its node still provisions, grows, deletes and snapshots it.
+/// None for an NFS volume, which no node holds.
 pub fn volume_node(volume: &PersistentVolume) -> Option<&str> {
-    let terms = &volume
-        .spec
-        .as_ref()?
+    let spec = volume.spec.as_ref()?;
+    let pinned = spec
         .node_affinity
-        .as_ref()?
-        .required
-        .as_ref()?
-        .node_selector_terms;
-    terms
-        .iter()
-        .flat_map(|t| t.match_expressions.iter().flatten())
-        .find(|e| e.key == TOPOLOGY_KEY && e.operator == "In")
+        .as_ref()
+        .and_then(|a| a.required.as_ref())
+        .and_then(|r| {
+            r.node_selector_terms
+                .iter()
+                .flat_map(|t| t.match_expressions.iter().flatten())
+                .find(|e| e.key == TOPOLOGY_KEY && e.operator == "In")
+        })
         .and_then(|e| e.values.as_ref()?.first())
-        .map(String::as_str)
+        .map(String::as_str);
+    pinned.or_else(|| {
+        let csi = spec.csi.as_ref().filter(|c| c.driver == DRIVER)?;
+        VolumeId::parse(&csi.volume_handle).ok()?;
+        // The parsed id owns its copy; the node is the third `#`-separated part.
+        csi.volume_handle.split('#').nth(2)
+    })
 }
 
 pub fn volume_bytes(volume: &PersistentVolume) -> Option<u64> {
@@ -451,6 +466,36 @@ pub(crate) mod tests {
     }
 
     pub const NFS_HANDLE: &str = "nfs#10.0.0.5#/srv#default/data#delete";
+
+    /// A `backend: share` class: the parameters of a local one, plus the backend.
+    pub fn share_class(binding: &str) -> StorageClass {
+        serde_json::from_value(json!({
+            "metadata": {"name": "warren-share"},
+            "provisioner": DRIVER,
+            "parameters": {"backend": "share", "csi.storage.k8s.io/fstype": "xfs"},
+            "volumeBindingMode": binding,
+            "allowVolumeExpansion": true,
+        }))
+        .unwrap()
+    }
+
+    /// A shared volume's id: a local image volume's, on n2.
+    pub const SHARE_HANDLE: &str = "local#image#n2#0123456789abcdef0123456789abcdef";
+
+    /// A shared volume's PV as the provisioner writes it: its CreateVolume returned no
+    /// topology, so no node affinity; the handle names its node.
+    pub fn share_volume(size: &str) -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+            "spec": {
+                "capacity": {"storage": size},
+                "csi": {"driver": DRIVER, "volumeHandle": SHARE_HANDLE,
+                    "volumeAttributes": {"warren.csi.dev/share": "10.0.0.2:7463"}},
+                "persistentVolumeReclaimPolicy": "Delete",
+            },
+        }))
+        .unwrap()
+    }
 
     /// An NFS volume's PV as the provisioner writes it: no node affinity.
     pub fn nfs_volume(size: &str) -> PersistentVolume {
@@ -881,5 +926,137 @@ pub(crate) mod tests {
         ));
         assert!(acts_on(&local_pv, "n1", false) && !acts_on(&local_pv, "n2", true));
         assert!(acts_on(&pv, "n2", true) && !acts_on(&pv, "n1", false));
+    }
+
+    #[test]
+    fn share_claims_are_provisioned_by_their_node_with_every_access_mode() {
+        use crate::provisioner::capabilities;
+        use warren_core::capability::parse_shared_capabilities;
+        let sc = share_class("WaitForFirstConsumer");
+        let rwx = json!({"storageClassName": "warren-share", "accessModes": ["ReadWriteMany"]});
+        let unscheduled = claim(json!({}), rwx.clone());
+        assert_eq!(
+            decide(&unscheduled, Some(&sc), None, "n1", true, None),
+            ClaimAction::Nothing("waiting for a pod to be scheduled")
+        );
+        // The scheduler's node provisions it, leader or not; the leader elsewhere does not.
+        let on_n2 = claim(json!({SELECTED_NODE: "n2"}), rwx.clone());
+        let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n2", false, None) else {
+            panic!("a share claim may be ReadWriteMany, and its node provisions it");
+        };
+        assert_eq!(p.access_modes, vec!["ReadWriteMany"]);
+        assert!(!p.nfs);
+        assert!(
+            p.scheduled,
+            "a full node hands the claim back to the scheduler"
+        );
+        assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+        assert_eq!(
+            p.parameters.get("backend").map(String::as_str),
+            Some("share")
+        );
+        let caps = capabilities(&p.access_modes, p.block, "xfs", &p.mount_options);
+        assert!(parse_shared_capabilities(&caps).is_ok());
+        assert_eq!(
+            decide(&on_n2, Some(&sc), None, "n1", true, None),
+            ClaimAction::Nothing("placed on another node")
+        );
+        // Every multi-node mode, and the single-node ones, get through.
+        let all = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"storageClassName": "warren-share",
+                "accessModes": ["ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce", "ReadWriteOncePod"]}),
+        );
+        let ClaimAction::Provision(p) = decide(&all, Some(&sc), None, "n2", false, None) else {
+            panic!()
+        };
+        let caps = capabilities(&p.access_modes, p.block, "", &p.mount_options);
+        assert!(parse_shared_capabilities(&caps).is_ok());
+        // Immediate binding: the leader places it, as a local volume, then that node
+        // provisions it.
+        let now = share_class("Immediate");
+        let fresh = claim(json!({}), rwx.clone());
+        assert_eq!(
+            decide(&fresh, Some(&now), None, "n1", true, None),
+            ClaimAction::Place
+        );
+        let placed = claim(json!({PLACED_ON: "n2"}), rwx);
+        assert!(matches!(
+            decide(&placed, Some(&now), None, "n2", false, None),
+            ClaimAction::Provision(Provision {
+                scheduled: false,
+                nfs: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decide(&placed, Some(&now), None, "n1", true, None),
+            ClaimAction::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn share_restores_and_clones_are_made_on_their_sources_node() {
+        let sc = share_class("WaitForFirstConsumer");
+        let clone = claim(
+            json!({SELECTED_NODE: "n1"}),
+            json!({"storageClassName": "warren-share", "accessModes": ["ReadWriteMany"],
+                "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "orig"}}),
+        );
+        assert!(matches!(
+            decide(&clone, Some(&sc), None, "n2", false, Some("n2")),
+            ClaimAction::Provision(_)
+        ));
+        assert_eq!(
+            decide(&clone, Some(&sc), None, "n1", true, Some("n2")),
+            ClaimAction::Nothing("its data source is on another node")
+        );
+    }
+
+    #[test]
+    fn a_shared_volume_without_node_affinity_belongs_to_the_node_in_its_handle() {
+        let pv = share_volume("1Gi");
+        assert!(!is_nfs_volume(&pv));
+        assert_eq!(volume_node(&pv), Some("n2"));
+        assert!(acts_on(&pv, "n2", false));
+        assert!(
+            !acts_on(&pv, "n1", true),
+            "leading does not make it the leader's"
+        );
+        let sc = share_class("WaitForFirstConsumer");
+        let bigger = claim(
+            json!({}),
+            json!({"storageClassName": "warren-share", "volumeName": "pvc-1234",
+                "resources": {"requests": {"storage": "2Gi"}}}),
+        );
+        assert_eq!(
+            decide(&bigger, Some(&sc), Some(&pv), "n2", false, None),
+            ClaimAction::Expand {
+                volume_handle: SHARE_HANDLE.into(),
+                pv_name: "pvc-1234".into(),
+                bytes: 2 << 30,
+                block: false
+            }
+        );
+        assert_eq!(
+            decide(&bigger, Some(&sc), Some(&pv), "n1", true, None),
+            ClaimAction::Nothing("bound to another node's volume")
+        );
+        // Node affinity, where there is one, still says whose a volume is.
+        assert_eq!(volume_node(&volume("n1", "1Gi")), Some("n1"));
+        // No affinity and no handle naming a node: nobody's.
+        let mut odd = pv.clone();
+        odd.spec
+            .as_mut()
+            .unwrap()
+            .csi
+            .as_mut()
+            .unwrap()
+            .volume_handle = "local#image#n2#zz".into();
+        assert_eq!(volume_node(&odd), None);
+        let mut foreign = pv.clone();
+        foreign.spec.as_mut().unwrap().csi.as_mut().unwrap().driver = "other.csi.dev".into();
+        assert_eq!(volume_node(&foreign), None);
+        assert_eq!(volume_node(&nfs_volume("1Gi")), None);
     }
 }

@@ -291,7 +291,7 @@ async fn provision<C: Controller>(
         volume.capacity_bytes as u64,
         &fs_type,
         &volume.volume_context,
-        &ctx.node,
+        &volume.accessible_topology,
     );
     match pvs.create(&PostParams::default(), &pv).await {
         Ok(_) => {}
@@ -302,6 +302,11 @@ async fn provision<C: Controller>(
     let note = if claims::is_nfs_volume_handle(&volume.volume_id) {
         format!(
             "Successfully provisioned NFS volume {} (by node {})",
+            p.name, ctx.node
+        )
+    } else if volume.accessible_topology.is_empty() {
+        format!(
+            "Successfully provisioned volume {} on node {}, shared with every node",
             p.name, ctx.node
         )
     } else {
@@ -383,9 +388,10 @@ fn csi_access_mode(mode: &str) -> access_mode::Mode {
     }
 }
 
-/// The PV of a volume just created: pre-bound to its claim, pinned to `node` — unless
-/// its handle names an NFS volume, which every node reaches (no node affinity, as
-/// external-provisioner writes it when CreateVolume returns no topology).
+/// The PV of a volume just created: pre-bound to its claim, with the node affinity
+/// CreateVolume's `accessible_topology` gives (see `node_affinity`): a local volume is
+/// pinned to its node; an NFS volume or a shared one (`backend: share`), which every node
+/// reaches, gets none.
 #[allow(clippy::too_many_arguments)]
 fn volume_object(
     claim: &PersistentVolumeClaim,
@@ -394,7 +400,7 @@ fn volume_object(
     bytes: u64,
     fs_type: &str,
     context: &HashMap<String, String>,
-    node: &str,
+    topology: &[Topology],
 ) -> PersistentVolume {
     let spec = claim.spec.as_ref();
     PersistentVolume {
@@ -434,18 +440,7 @@ fn volume_object(
                 ..Default::default()
             }),
             mount_options: (!p.mount_options.is_empty()).then(|| p.mount_options.clone()),
-            node_affinity: (!claims::is_nfs_volume_handle(volume_id)).then(|| VolumeNodeAffinity {
-                required: Some(NodeSelector {
-                    node_selector_terms: vec![NodeSelectorTerm {
-                        match_expressions: Some(vec![NodeSelectorRequirement {
-                            key: TOPOLOGY_KEY.into(),
-                            operator: "In".into(),
-                            values: Some(vec![node.to_string()]),
-                        }]),
-                        ..Default::default()
-                    }],
-                }),
-            }),
+            node_affinity: node_affinity(topology),
             persistent_volume_reclaim_policy: Some(p.reclaim_policy.clone()),
             storage_class_name: Some(p.storage_class.clone()),
             volume_mode: Some(if p.block { "Block" } else { "Filesystem" }.into()),
@@ -453,6 +448,38 @@ fn volume_object(
         }),
         status: None,
     }
+}
+
+/// A PV's node affinity from CreateVolume's `accessible_topology`, as external-provisioner
+/// builds it: one term per topology (the terms are ORed), one `In` requirement per segment
+/// (ANDed, sorted by key so the object is the same every time); no topology, no affinity.
+fn node_affinity(topology: &[Topology]) -> Option<VolumeNodeAffinity> {
+    let terms: Vec<NodeSelectorTerm> = topology
+        .iter()
+        .filter(|t| !t.segments.is_empty())
+        .map(|t| {
+            let mut segments: Vec<(&String, &String)> = t.segments.iter().collect();
+            segments.sort();
+            NodeSelectorTerm {
+                match_expressions: Some(
+                    segments
+                        .into_iter()
+                        .map(|(key, value)| NodeSelectorRequirement {
+                            key: key.clone(),
+                            operator: "In".into(),
+                            values: Some(vec![value.clone()]),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+        })
+        .collect();
+    (!terms.is_empty()).then_some(VolumeNodeAffinity {
+        required: Some(NodeSelector {
+            node_selector_terms: terms,
+        }),
+    })
 }
 
 /// The node holding a resolved data source (a snapshot or a volume), from its CSI id.
@@ -678,7 +705,7 @@ pub async fn event<C, K>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::{claim, class, nfs_class, NFS_HANDLE};
+    use crate::claims::tests::{claim, class, nfs_class, share_class, NFS_HANDLE, SHARE_HANDLE};
     use crate::claims::{decide, SELECTED_NODE};
 
     fn provision_of(class: &StorageClass, claim: &PersistentVolumeClaim, me: &str) -> Provision {
@@ -698,7 +725,7 @@ mod tests {
             json!({"storageClassName": "warren-nfs", "accessModes": ["ReadWriteMany"]}),
         );
         let p = provision_of(&sc, &c, "n1");
-        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), "n1");
+        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), &[]);
         let spec = pv.spec.as_ref().unwrap();
         assert_eq!(spec.node_affinity, None);
         assert_eq!(pv.metadata.name.as_deref(), Some("pvc-1234"));
@@ -737,7 +764,7 @@ mod tests {
         // An NFS class under Retain: no finalizer, as for local volumes.
         let kept = nfs_class("Immediate", true);
         let p = provision_of(&kept, &c, "n1");
-        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), "n1");
+        let pv = volume_object(&c, &p, NFS_HANDLE, 1 << 30, "", &HashMap::new(), &[]);
         assert_eq!(pv.metadata.finalizers, None);
         assert_eq!(
             pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(),
@@ -769,11 +796,99 @@ mod tests {
         let c = claim(json!({SELECTED_NODE: "n1"}), json!({}));
         let p = provision_of(&sc, &c, "n1");
         let handle = "local#image#n1#0123456789abcdef0123456789abcdef";
-        let pv = volume_object(&c, &p, handle, 1 << 30, "ext4", &HashMap::new(), "n1");
+        let pv = volume_object(
+            &c,
+            &p,
+            handle,
+            1 << 30,
+            "ext4",
+            &HashMap::new(),
+            &[node_topology("n1")],
+        );
         assert_eq!(claims::volume_node(&pv), Some("n1"));
+        // Exactly the affinity local PVs have always had.
+        assert_eq!(
+            serde_json::to_value(pv.spec.as_ref().unwrap().node_affinity.as_ref().unwrap())
+                .unwrap(),
+            json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": TOPOLOGY_KEY, "operator": "In", "values": ["n1"]}]}]}})
+        );
         assert_eq!(
             pv.spec.unwrap().csi.unwrap().fs_type.as_deref(),
             Some("ext4")
+        );
+    }
+
+    fn node_topology(node: &str) -> Topology {
+        Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]),
+        }
+    }
+
+    #[test]
+    fn a_shared_volumes_pv_has_no_node_affinity_but_stays_its_nodes() {
+        let mut sc = share_class("WaitForFirstConsumer");
+        sc.reclaim_policy = Some("Delete".into());
+        let c = claim(
+            json!({SELECTED_NODE: "n2"}),
+            json!({"storageClassName": "warren-share", "accessModes": ["ReadWriteMany"]}),
+        );
+        // The scheduler's node provisions it, and asks for its own topology, as for a
+        // local volume.
+        let p = provision_of(&sc, &c, "n2");
+        assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+        assert!(!p.nfs && p.scheduled);
+        // CreateVolume answers with no accessible topology and the share's endpoint.
+        let context = HashMap::from([(
+            "warren.csi.dev/share".to_string(),
+            "10.0.0.2:7463".to_string(),
+        )]);
+        let pv = volume_object(&c, &p, SHARE_HANDLE, 1 << 30, "xfs", &context, &[]);
+        let spec = pv.spec.as_ref().unwrap();
+        assert_eq!(spec.node_affinity, None, "pods on every node may use it");
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+        let csi = spec.csi.as_ref().unwrap();
+        assert_eq!(csi.volume_handle, SHARE_HANDLE);
+        assert_eq!(csi.fs_type.as_deref(), Some("xfs"));
+        assert_eq!(
+            csi.volume_attributes
+                .as_ref()
+                .and_then(|a| a.get("warren.csi.dev/share"))
+                .map(String::as_str),
+            Some("10.0.0.2:7463")
+        );
+        assert_eq!(pv.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+        // Its node is still known (from the handle): n2 grows, deletes, snapshots it.
+        assert_eq!(claims::volume_node(&pv), Some("n2"));
+        assert!(claims::acts_on(&pv, "n2", false));
+        assert!(!claims::acts_on(&pv, "n1", true));
+    }
+
+    #[test]
+    fn node_affinity_follows_the_accessible_topology() {
+        assert_eq!(node_affinity(&[]), None);
+        assert_eq!(
+            node_affinity(&[Topology {
+                segments: HashMap::new()
+            }]),
+            None
+        );
+        // Segments of one topology are ANDed (sorted by key), topologies ORed.
+        let zoned = Topology {
+            segments: HashMap::from([
+                (TOPOLOGY_KEY.to_string(), "n1".to_string()),
+                ("topology.kubernetes.io/zone".to_string(), "a".to_string()),
+            ]),
+        };
+        let affinity = node_affinity(&[zoned, node_topology("n2")]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&affinity).unwrap(),
+            json!({"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [
+                    {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]},
+                    {"key": TOPOLOGY_KEY, "operator": "In", "values": ["n1"]}]},
+                {"matchExpressions": [
+                    {"key": TOPOLOGY_KEY, "operator": "In", "values": ["n2"]}]}]}})
         );
     }
 

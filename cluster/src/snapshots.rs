@@ -240,7 +240,7 @@ pub fn pick_class<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::{claim, nfs_volume, volume, NFS_HANDLE};
+    use crate::claims::tests::{claim, nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE};
     use serde_json::json;
 
     fn snapshot(extra: serde_json::Value) -> DynamicObject {
@@ -504,5 +504,30 @@ mod tests {
             decide_as(&deleting, Some(&c), None, None, "n2", true, local),
             SnapshotAction::Nothing(_)
         ));
+    }
+
+    #[test]
+    fn a_shared_volumes_node_takes_its_snapshots() {
+        let s = snapshot(json!({}));
+        let c = class(DRIVER, false);
+        let pv = share_volume("1Gi");
+        let SnapshotAction::Take(take) =
+            decide(&s, Some(&c), Some(&bound_claim()), Some(&pv), "n2")
+        else {
+            panic!("n2 holds the shared source");
+        };
+        assert_eq!(take.source_handle, SHARE_HANDLE);
+        assert_eq!(
+            decide_as(
+                &s,
+                Some(&c),
+                Some(&bound_claim()),
+                Some(&pv),
+                "n1",
+                true,
+                None
+            ),
+            SnapshotAction::Nothing("the source volume is not this node's")
+        );
     }
 }

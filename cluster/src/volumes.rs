@@ -85,7 +85,7 @@ pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAct
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::{nfs_volume, volume, NFS_HANDLE};
+    use crate::claims::tests::{nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE};
     use serde_json::json;
 
     fn with(mut pv: PersistentVolume, phase: &str, policy: &str) -> PersistentVolume {
@@ -200,5 +200,23 @@ mod tests {
             decide_as(&local, "n1", false),
             VolumeAction::Delete { .. }
         ));
+    }
+
+    #[test]
+    fn shared_volumes_are_deleted_by_the_node_in_their_handle() {
+        // No node affinity on a shared volume's PV: its handle names its node.
+        let released = with(share_volume("1Gi"), "Released", "Delete");
+        assert_eq!(
+            decide(&released, "n2"),
+            VolumeAction::Delete {
+                volume_handle: SHARE_HANDLE.into()
+            }
+        );
+        assert_eq!(
+            decide_as(&released, "n1", true),
+            VolumeAction::Nothing("held by another node")
+        );
+        let kept = with(share_volume("1Gi"), "Released", "Retain");
+        assert!(matches!(decide(&kept, "n2"), VolumeAction::Nothing(_)));
     }
 }
