@@ -13,14 +13,15 @@ use warren_core::params::KEY_BACKEND;
 /// What a call with no volume, or an ID Warren cannot have made, is counted as.
 pub const UNKNOWN: &str = "unknown";
 
-/// The volume kinds (ID prefixes and `backend` values); only `local` exists so far.
+/// The volume kinds (ID prefixes and `backend` values). A `share` volume's ID is a local
+/// one (`local#...`): it is counted as `local` by ID, as `share` by CreateVolume.
 const KINDS: [&str; 4] = ["local", "nfs", "share", "replicated"];
 
 /// Kind from a volume or snapshot ID (`local#<layout>#<node>#<key>`, `snap#...`).
 pub fn of_id(id: &str) -> &'static str {
     match id.split_once('#') {
-        // Snapshots are only ever taken of local volumes so far.
         Some(("snap", _)) => "local",
+        Some(("nfssnap", _)) => "nfs",
         Some((prefix, _)) => known(prefix),
         None => UNKNOWN,
     }
@@ -54,6 +55,7 @@ mod tests {
         assert_eq!(of_id(&format!("snap#image#node-a#{KEY}")), "local");
         assert_eq!(of_id(&format!("replicated#x#{KEY}")), "replicated");
         assert_eq!(of_id("nfs#server#share"), "nfs");
+        assert_eq!(of_id(&format!("nfssnap#server#/share#{KEY}")), "nfs");
         assert_eq!(of_id("share#a"), "share");
         for unknown in [
             "",

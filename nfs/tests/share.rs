@@ -789,68 +789,6 @@ fn fsstat_is_fixed_upstream_and_usage_is_real() {
     assert!(share.usage(KEY_B).is_err());
 }
 
-/// Sequential throughput through the share (one client connection, 1 MiB WRITEs and
-/// READs, each WRITE flushed) against the same on the local file system. Printed, not
-/// asserted: the machine is shared.
-#[test]
-fn throughput_through_the_share() {
-    let vol = tempfile::tempdir_in("/var/tmp").unwrap();
-    if !can_run(vol.path()) {
-        return;
-    }
-    const MIB: usize = 1 << 20;
-    const TOTAL: usize = 64;
-    let chunk = pattern(MIB, 3);
-    let mib_s = |t: std::time::Duration| TOTAL as f64 / t.as_secs_f64();
-
-    let local_path = vol.path().join("local");
-    let started = Instant::now();
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&local_path).unwrap();
-        for _ in 0..TOTAL {
-            f.write_all(&chunk).unwrap();
-            f.sync_data().unwrap();
-        }
-    }
-    let local_write = started.elapsed();
-    let started = Instant::now();
-    let back = std::fs::read(&local_path).unwrap();
-    let local_read = started.elapsed();
-    assert_eq!(back.len(), TOTAL * MIB);
-
-    let share = ShareServer::bind(local(), GENERATION).unwrap();
-    share.export(KEY_A, vol.path()).unwrap();
-    let (write, read) = rt().block_on(async {
-        let mut c = client(share.local_addr(), KEY_A).await;
-        let root = c.root();
-        let f = c.create(&root, "through-share", 0o644).await.unwrap();
-        let started = Instant::now();
-        for i in 0..TOTAL {
-            c.write(&f, (i * MIB) as u64, &chunk).await.unwrap();
-        }
-        let write = started.elapsed();
-        let started = Instant::now();
-        let mut total = 0;
-        for i in 0..TOTAL {
-            let (data, _) = c.read(&f, (i * MIB) as u64, MIB as u32).await.unwrap();
-            assert!(data == chunk, "chunk {i} read back wrong");
-            total += data.len();
-        }
-        assert_eq!(total, TOTAL * MIB);
-        (write, started.elapsed())
-    });
-    eprintln!(
-        "share throughput, {TOTAL} MiB sequential, 1 MiB per call: \
-         write {:.0} MiB/s (local with fdatasync per MiB: {:.0}), \
-         read {:.0} MiB/s (local, page cache: {:.0})",
-        mib_s(write),
-        mib_s(local_write),
-        mib_s(read),
-        mib_s(local_read)
-    );
-}
-
 fn lab_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab")
 }
