@@ -58,14 +58,15 @@ async fn through_share(addr: SocketAddr, mib: usize, chunk: &[u8], run: usize) -
         gid: 0,
         gids: vec![],
     };
-    let mut c = Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), format!("/{KEY}"))
-        .connect_from_privileged_port(false)
-        .mount_port(addr.port())
-        .nfs3_port(addr.port())
-        .credential(opaque_auth::auth_unix(&auth))
-        .mount()
-        .await
-        .expect("MOUNT");
+    let mut c =
+        Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), format!("/{KEY}"))
+            .connect_from_privileged_port(false)
+            .mount_port(addr.port())
+            .nfs3_port(addr.port())
+            .credential(opaque_auth::auth_unix(&auth))
+            .mount()
+            .await
+            .expect("MOUNT");
     let root = c.root_nfs_fh3();
     let args = CREATE3args {
         where_: diropargs3 {
