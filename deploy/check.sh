@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the deployment files:
-#   1. helm lint --strict of the chart, in both modes;
+#   1. helm lint --strict of the chart, in both modes, with and without share.enabled;
 #   2. the committed plain manifests are exactly what the chart renders (re-renders into a
 #      temporary directory and diffs);
 #   3. the chart's appVersion is the Cargo workspace version (the image tag it defaults to);
@@ -18,8 +18,10 @@ fail=0
 
 echo "== helm lint" >&2
 for mode in standard edge; do
-    "$helm" lint --strict "$here/helm/warren" --set mode="$mode" >/dev/null ||
-        { "$helm" lint --strict "$here/helm/warren" --set mode="$mode"; fail=1; }
+    for share in false true; do
+        set -- --strict "$here/helm/warren" --set mode="$mode" --set share.enabled="$share"
+        "$helm" lint "$@" >/dev/null || { "$helm" lint "$@"; fail=1; }
+    done
 done
 
 echo "== rendered manifests up to date" >&2
@@ -44,10 +46,12 @@ fi
 
 echo "== objects decode strictly into the Kubernetes API types (deploy/tools/validate)" >&2
 # The plain manifests, the examples, and a `helm install`-like render (generated token,
-# VolumeSnapshotClass) in each mode.
+# VolumeSnapshotClass) in each mode, without and with the built-in share.
 for mode in standard edge; do
     "$helm" template warren "$here/helm/warren" --namespace warren-system --set mode="$mode" \
         --set volumeSnapshotClass.force=true > "$tmp/helm-$mode.yaml"
+    "$helm" template warren "$here/helm/warren" --namespace warren-system --set mode="$mode" \
+        --set volumeSnapshotClass.force=true --set share.enabled=true > "$tmp/helm-$mode-share.yaml"
 done
 (cd "$here/tools/validate" && GOFLAGS=-mod=readonly go run . \
     "$here"/manifests/*.yaml "$here"/examples/*.yaml "$tmp"/helm-*.yaml) || fail=1

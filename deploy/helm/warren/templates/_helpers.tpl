@@ -51,6 +51,19 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if not (has .Values.mode (list "standard" "edge")) -}}
 {{- fail (printf "mode must be standard or edge, not %q" .Values.mode) -}}
 {{- end -}}
+{{- if .Values.share.enabled -}}
+{{- $port := int .Values.share.port -}}
+{{- $taken := list (int .Values.metrics.edgePort) -}}
+{{- if eq .Values.mode "standard" -}}
+{{- $taken = list (int .Values.agentPort) (int .Values.metrics.nodePort) -}}
+{{- if .Values.sidecars.livenessProbe.enabled -}}
+{{- $taken = append $taken (int .Values.node.livenessProbePort) -}}
+{{- end -}}
+{{- end -}}
+{{- if has $port $taken -}}
+{{- fail (printf "share.port %d is already one of the node pod's ports (%v)" $port $taken) -}}
+{{- end -}}
+{{- end -}}
 {{- range list .Values.storageRoot .Values.stateDir .Values.kubeletDir -}}
 {{- if not (hasPrefix "/" .) -}}
 {{- fail (printf "storageRoot, stateDir and kubeletDir must be absolute paths (%q is not)" .) -}}
@@ -108,6 +121,19 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* The built-in NFS share's environment (share.enabled): listen on every address of
+     the host network, and tell other nodes this node's IP. */}}
+{{- define "warren.shareEnv" -}}
+# The built-in NFS share (backend: share): serve this node's shared volumes on the host
+# network; other nodes mount them at the node's IP.
+- name: WARREN_SHARE_LISTEN
+  value: "0.0.0.0:{{ .Values.share.port }}"
+- name: WARREN_SHARE_ADDRESS
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
 {{- end }}
 
 {{- define "warren.sidecarSecurity" -}}
