@@ -14,8 +14,9 @@
 
 #[path = "../../nfs/tests/common/mod.rs"]
 mod ganesha;
+#[path = "../../nfs/tests/common/lab.rs"]
+mod lab;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -28,27 +29,6 @@ fn skip(variable: &str, why: &str) {
         panic!("{variable}=1 but {why}");
     }
     eprintln!("SKIPPED: {why}");
-}
-
-fn lab_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab")
-}
-
-fn lab_missing() -> Option<String> {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
-    }
-    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
-        })
-    });
-    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
 }
 
 /// The guest's script: for each version, start `warren all`, run csi-sanity against it,
@@ -98,8 +78,8 @@ fn csi_sanity_with_nfs_volumes_in_a_kernel_lab_guest() {
             "csi-sanity is not installed (see .ci/run)",
         );
     };
-    if let Some(why) = lab_missing() {
-        return skip("WARREN_REQUIRE_KERNEL_LAB", &why);
+    if !lab::available() {
+        return;
     }
     // NFSv4 clients need the export where v3's MOUNT finds it (one `share` for both), and
     // at port 2049 (csi-sanity passes no mount options, so no `port=`).
@@ -137,7 +117,7 @@ fn csi_sanity_with_nfs_volumes_in_a_kernel_lab_guest() {
     let started = Instant::now();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &server.netns])
-        .arg(lab_dir().join("run-guest.sh"))
+        .arg(lab::run_guest())
         .args(["--kernel", "6.1", "--net", "user", "--mem", "1024"])
         .args(["--modules", "nfs nfsv3 nfsv4"])
         .arg("--script")

@@ -13,9 +13,10 @@
 //! Skipped with the reason when the lab is missing, unless WARREN_REQUIRE_KERNEL_LAB=1.
 
 mod common;
+#[path = "../../nfs/tests/common/lab.rs"]
+mod lab;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,37 +26,6 @@ use csi_proto::v1::*;
 use warren_nfs::dirops::{Export, ExportOptions};
 
 const GUEST_GATEWAY: &str = "10.0.2.2";
-
-fn lab_missing() -> Option<String> {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
-    }
-    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
-        })
-    });
-    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
-}
-
-/// The `csi_node` example, built next to this test's binary.
-fn csi_node() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "warren", "--example", "csi_node"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building csi_node failed");
-    profile_dir.join("examples/csi_node")
-}
 
 /// node A's share answers MOUNT of the volume's key (and finds `name` in it).
 fn share_has(port: u16, key: &str, name: &str) -> Result<bool, String> {
@@ -80,14 +50,10 @@ fn share_has(port: u16, key: &str, name: &str) -> Result<bool, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_volume_is_used_from_another_node_with_its_size_enforced() {
-    if let Some(why) = lab_missing() {
-        if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-            panic!("WARREN_REQUIRE_KERNEL_LAB=1 but {why}");
-        }
-        eprintln!("SKIPPED: {why}");
+    if !lab::available() {
         return;
     }
-    let client = csi_node();
+    let client = lab::example("warren", "csi_node");
     // The guest reaches this host's loopback as 10.0.2.2: that is what node A advertises.
     // A fixed port, as in a cluster: clients keep it across a restart.
     let share_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -196,7 +162,7 @@ async fn a_shared_volume_is_used_from_another_node_with_its_size_enforced() {
     )
     .unwrap();
     let log = work.path().join("console.log");
-    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/run-guest.sh"))
+    let status = Command::new(lab::run_guest())
         .args(["--kernel", "6.1", "--net", "user", "--mem", "768"])
         .args(["--modules", "nfs nfsv3"])
         .arg("--copy")

@@ -15,9 +15,10 @@
 //! WARREN_REQUIRE_GANESHA=1 / WARREN_REQUIRE_KERNEL_LAB=1.
 
 mod common;
+#[path = "common/lab.rs"]
+mod lab;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -28,30 +29,6 @@ use warren_nfs::params::{NfsParams, NfsVersion, OnDelete};
 
 /// The host as the guest sees it (QEMU user networking).
 const GUEST_GATEWAY: &str = "10.0.2.2";
-
-fn lab_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab")
-}
-
-fn lab_missing() -> Option<String> {
-    if !lab_dir().join("run-guest.sh").is_file() {
-        return Some("lab/run-guest.sh is missing".into());
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
-    }
-    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
-        })
-    });
-    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
-}
 
 fn params(share: &str, sub_dir: &str, version: NfsVersion) -> NfsParams {
     NfsParams {
@@ -69,11 +46,7 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
     if !common::can_run() {
         return;
     }
-    if let Some(why) = lab_missing() {
-        if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-            panic!("kernel lab required (WARREN_REQUIRE_KERNEL_LAB=1) but unavailable: {why}");
-        }
-        eprintln!("SKIPPED: {why}");
+    if !lab::available() {
         return;
     }
     let server = Server::start();
@@ -135,7 +108,7 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
     )
     .unwrap();
 
-    let binary = mount_check();
+    let binary = lab::example("warren-nfs", "mount_check");
     let script = tempfile::NamedTempFile::new().unwrap();
     let run = |name: &str, expect: &str, r: &warren_nfs::mount_options::MountRequest, ms: u32| {
         format!(
@@ -158,7 +131,7 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
     let started = Instant::now();
     let status = Command::new("ip")
         .args(["netns", "exec", &server.netns])
-        .arg(lab_dir().join("run-guest.sh"))
+        .arg(lab::run_guest())
         .args([
             "--kernel",
             "6.1",
@@ -198,26 +171,4 @@ fn a_kernel_client_mounts_what_the_node_would_ask_for() {
         |sub: &str| std::fs::read_to_string(server.path(&format!("{sub}/written-by-the-guest")));
     assert_eq!(read("pvc-v3").unwrap(), "through warren_nfs::mount");
     assert_eq!(read("pvc-v41").unwrap(), "through warren_nfs::mount");
-}
-
-/// The `mount_check` example, built next to this test's profile (as kernel_lab.rs does
-/// for the replication frontends).
-fn mount_check() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "warren-nfs", "--example", "mount_check"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building mount_check failed"
-    );
-    let path = profile_dir.join("examples/mount_check");
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
 }

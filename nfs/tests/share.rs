@@ -5,6 +5,9 @@
 //! Needs root (open_by_handle_at needs CAP_DAC_READ_SEARCH); skipped with the reason
 //! otherwise, unless WARREN_REQUIRE_SHARE=1.
 
+#[path = "common/lab.rs"]
+mod lab;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
@@ -789,51 +792,6 @@ fn fsstat_is_fixed_upstream_and_usage_is_real() {
     assert!(share.usage(KEY_B).is_err());
 }
 
-fn lab_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab")
-}
-
-/// Why the kernel lab cannot run here (as in kernel_mount.rs).
-fn lab_missing() -> Option<String> {
-    if !lab_dir().join("run-guest.sh").is_file() {
-        return Some("lab/run-guest.sh is missing".into());
-    }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
-    }
-    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
-        })
-    });
-    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
-}
-
-/// The `share_guest` example, built next to this test's profile.
-fn share_guest() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "warren-nfs", "--example", "share_guest"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building share_guest failed"
-    );
-    let path = profile_dir.join("examples/share_guest");
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
-}
-
 /// A Linux 6.1 NFS client (QEMU guest; the host's 127.0.0.1 is its 10.0.2.2) mounts the
 /// share, writes and reads; the share is restarted under it (same port, same generation)
 /// and the client goes on with the handles it holds: an open file is written, a cached
@@ -844,11 +802,7 @@ fn a_kernel_client_keeps_working_across_a_restart() {
     if !can_run(vol.path()) {
         return;
     }
-    if let Some(why) = lab_missing() {
-        if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-            panic!("kernel lab required (WARREN_REQUIRE_KERNEL_LAB=1) but unavailable: {why}");
-        }
-        eprintln!("SKIPPED: {why}");
+    if !lab::available() {
         return;
     }
     let share = ShareServer::bind(local(), GENERATION).unwrap();
@@ -860,7 +814,7 @@ fn a_kernel_client_keeps_working_across_a_restart() {
         "vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock,\
          addr=10.0.2.2,mountaddr=10.0.2.2,hard,timeo=50,retrans=3,lookupcache=none"
     );
-    let binary = share_guest();
+    let binary = lab::example("warren-nfs", "share_guest");
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         script.path(),
@@ -874,7 +828,7 @@ fn a_kernel_client_keeps_working_across_a_restart() {
     let log_path = log.path().to_path_buf();
     let started = Instant::now();
     let guest = std::thread::spawn(move || {
-        std::process::Command::new(lab_dir().join("run-guest.sh"))
+        std::process::Command::new(lab::run_guest())
             .args(["--kernel", "6.1", "--net", "user", "--modules", "nfs nfsv3"])
             .arg("--copy")
             .arg(format!("{}:/opt/sg/share_guest", binary.display()))

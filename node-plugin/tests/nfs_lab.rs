@@ -12,61 +12,23 @@
 
 #[path = "../../nfs/tests/common/mod.rs"]
 mod ganesha;
+#[path = "../../nfs/tests/common/lab.rs"]
+mod lab;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use ganesha::{Pseudo, Server};
-
-fn lab_missing() -> Option<String> {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("qemu-system-x86_64 is not installed (run lab/install.sh)".into());
-    }
-    let has_61 = std::fs::read_dir("/boot").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("vmlinuz-6.1.") && name.ends_with("-cloud-amd64")
-        })
-    });
-    (!has_61).then(|| "no 6.1 cloud kernel in /boot (run lab/install.sh)".into())
-}
-
-/// The example, built next to this test's profile.
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "warren-node", "--example", "nfs_node_check"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building nfs_node_check failed"
-    );
-    profile_dir.join("examples/nfs_node_check")
-}
 
 #[test]
 fn stale_handles_and_lost_servers_in_a_kernel_lab_guest() {
     if !ganesha::can_run() {
         return;
     }
-    if let Some(why) = lab_missing() {
-        if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-            panic!("WARREN_REQUIRE_KERNEL_LAB=1 but {why}");
-        }
-        eprintln!("SKIPPED: {why}");
+    if !lab::available() {
         return;
     }
-    let binary = example();
+    let binary = lab::example("warren-node", "nfs_node_check");
     let server = Server::start_with(Pseudo::SameAsPath, 2049);
     server.wait_ready();
     let share = server.export.path().display().to_string();
@@ -88,7 +50,7 @@ fn stale_handles_and_lost_servers_in_a_kernel_lab_guest() {
     let started = Instant::now();
     let status = Command::new("ip")
         .args(["netns", "exec", &server.netns])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/run-guest.sh"))
+        .arg(lab::run_guest())
         .args([
             "--kernel",
             "6.1",

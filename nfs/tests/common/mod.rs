@@ -40,7 +40,7 @@ pub enum Pseudo {
 pub struct Server {
     pub netns: String,
     pub nfs_port: u16,
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: nix::fcntl::Flock<std::fs::File>,
     ganesha: Child,
     rpcbind: Child,
     pub export: tempfile::TempDir,
@@ -56,11 +56,19 @@ impl Server {
 
     /// `nfs_port`: 2049 lets a kernel client mount NFSv4 without a `port=` option.
     pub fn start_with(pseudo: Pseudo, nfs_port: u16) -> Server {
-        // One server at a time: rpcbind's lock file and Unix socket (/run/rpcbind.*) are
-        // not in the network namespace, so two would share them and Ganesha would register
-        // with the wrong one. Tests of one binary run in parallel; they queue here.
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        // One server at a time on this machine: rpcbind's lock file and Unix socket
+        // (/run/rpcbind.*) are not in the network namespace, so two would share them and
+        // Ganesha would register with the wrong one. Tests (threads of one binary, or two
+        // test processes) queue on an flock, which is per open file: threads queue too.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/warren-ganesha-test.lock")
+            .expect("open the test server lock");
+        let turn = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("flock the test server lock");
         let netns = format!("wrn-nfs-{}", std::process::id());
         let ip = |args: &[&str]| {
             let ok = Command::new("ip").args(args).status().map(|s| s.success());
