@@ -74,6 +74,8 @@ pub struct NfsVolumes {
     snapshots: RecordDir<NfsSnapshotRecord>,
     options: ExportOptions,
     locks: KeyedLocks,
+    /// One `Export` per server and share, so their idle connections are reused.
+    exports: std::sync::Mutex<HashMap<(String, String), Export>>,
 }
 
 /// A CreateVolume's source, on the same export as the new volume.
@@ -158,11 +160,17 @@ impl NfsVolumes {
             snapshots: RecordDir::open(&base.join("snapshots"))?,
             options,
             locks: KeyedLocks::default(),
+            exports: Default::default(),
         })
     }
 
     fn export(&self, server: &str, share: &str) -> Export {
-        Export::new(server, share, self.options.clone())
+        self.exports
+            .lock()
+            .unwrap()
+            .entry((server.to_string(), share.to_string()))
+            .or_insert_with(|| Export::new(server, share, self.options.clone()))
+            .clone()
     }
 
     fn source(&self, source: Option<&VolumeContentSource>) -> Result<Option<Source>> {

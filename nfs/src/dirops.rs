@@ -6,7 +6,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{
     cookieverf3, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3,
@@ -78,13 +79,43 @@ pub fn may_bind_privileged_port() -> bool {
         || unprivileged_start < 1024
 }
 
-/// One export of one server.
-#[derive(Debug, Clone)]
+/// Runs `$body` with `$s` bound to a connection: an idle one when there is one (and, should
+/// that one turn out dead on the wire, once more on a new one: every operation here is
+/// idempotent), else a new one; then keeps the connection or closes it (`release`). A
+/// macro, not a function taking a closure: the bodies borrow their arguments across
+/// awaits, which a closure returning a boxed future cannot express here.
+macro_rules! with_session {
+    ($export:ident, |$s:ident| $body:expr) => {{
+        let (mut $s, pooled) = match $export.idle_session() {
+            Some(s) => (s, true),
+            None => ($export.connect().await?, false),
+        };
+        let mut result = $body;
+        if pooled && matches!(result, Err(Error::Unreachable { .. })) {
+            $s = $export.connect().await?;
+            result = $body;
+        }
+        $export.release($s, &result).await;
+        result
+    }};
+}
+
+/// One export of one server. Clones share the idle connections.
+#[derive(Clone)]
 pub struct Export {
     server: String,
     share: String,
     options: ExportOptions,
+    idle: Arc<Mutex<Vec<(Instant, Session)>>>,
 }
+
+/// Connections kept for the next operations: each new one costs a portmapper lookup, a
+/// MOUNT and a TCP handshake from a reserved port — and a reserved port in TIME_WAIT for a
+/// minute after it closes, which a burst of a few hundred operations would run out of.
+const IDLE_SESSIONS: usize = 4;
+/// An idle connection older than this is closed rather than reused: servers drop idle
+/// clients (Linux knfsd after about 6 minutes), and a dead one would fail the next call.
+const IDLE_FOR: Duration = Duration::from_secs(30);
 
 impl Export {
     pub fn new(server: &str, share: &str, options: ExportOptions) -> Self {
@@ -92,6 +123,7 @@ impl Export {
             server: server.to_string(),
             share: share.to_string(),
             options,
+            idle: Arc::default(),
         }
     }
 
@@ -99,10 +131,7 @@ impl Export {
     /// is fine; a file in the way is FailedPrecondition.
     pub async fn make_dir(&self, sub_dir: &str, mode: Option<u32>) -> Result<()> {
         self.within_deadline("mkdir", sub_dir, async {
-            let mut s = self.connect().await?;
-            let result = s.make_dir(sub_dir, mode).await;
-            s.close().await;
-            result
+            with_session!(self, |s| s.make_dir(sub_dir, mode).await)
         })
         .await
     }
@@ -110,14 +139,7 @@ impl Export {
     /// `rm -r share/sub_dir`; already gone is fine.
     pub async fn remove_dir(&self, sub_dir: &str) -> Result<()> {
         self.within_deadline("remove", sub_dir, async {
-            let mut s = self.connect().await?;
-            let result = match s.parent_of(sub_dir).await {
-                Ok(Some((parent, name))) => s.remove_named(&parent, name).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            s.close().await;
-            result
+            with_session!(self, |s| s.remove(sub_dir).await)
         })
         .await
     }
@@ -128,10 +150,7 @@ impl Export {
         let (head, name) = split_last(sub_dir);
         let archived_name = format!("archived-{name}");
         self.within_deadline("archive", sub_dir, async {
-            let mut s = self.connect().await?;
-            let result = s.archive(sub_dir, &archived_name).await;
-            s.close().await;
-            result
+            with_session!(self, |s| s.archive(sub_dir, &archived_name).await)
         })
         .await?;
         Ok(match head {
@@ -149,10 +168,7 @@ impl Export {
     pub async fn copy_dir(&self, from: &str, to: &str) -> Result<()> {
         let operation = format!("copy to {to} from");
         self.within(self.options.copy_deadline, &operation, from, async {
-            let mut s = self.connect().await?;
-            let result = s.copy(from, to).await;
-            s.close().await;
-            result
+            with_session!(self, |s| s.copy(from, to).await)
         })
         .await
     }
@@ -160,14 +176,7 @@ impl Export {
     /// Whether `share/sub_dir` exists.
     pub async fn exists(&self, sub_dir: &str) -> Result<bool> {
         self.within_deadline("lookup", sub_dir, async {
-            let mut s = self.connect().await?;
-            let result = match s.parent_of(sub_dir).await {
-                Ok(Some((parent, name))) => s.lookup(&parent, name).await.map(|h| h.is_some()),
-                Ok(None) => Ok(false),
-                Err(e) => Err(e),
-            };
-            s.close().await;
-            result
+            with_session!(self, |s| s.exists(sub_dir).await)
         })
         .await
     }
@@ -175,18 +184,7 @@ impl Export {
     /// The export's file system: (total bytes, bytes available to Warren's calls).
     pub async fn space(&self) -> Result<(u64, u64)> {
         self.within_deadline("fsstat", "", async {
-            let mut s = self.connect().await?;
-            let args = FSSTAT3args {
-                fsroot: s.root.clone(),
-            };
-            let reply = s
-                .connection
-                .fsstat(&args)
-                .await
-                .map_err(|e| s.rpc("fsstat", e));
-            let result = reply.and_then(|r| s.reply("fsstat", "", r));
-            s.close().await;
-            result.map(|ok| (ok.tbytes, ok.abytes))
+            with_session!(self, |s| s.space().await)
         })
         .await
     }
@@ -216,6 +214,33 @@ impl Export {
                 seconds: deadline.as_secs_f64().ceil() as u64,
             }),
         }
+    }
+
+    /// An idle connection, if a fresh enough one is there.
+    fn idle_session(&self) -> Option<Session> {
+        let mut idle = self.idle.lock().unwrap();
+        idle.retain(|(since, _)| since.elapsed() < IDLE_FOR);
+        idle.pop().map(|(_, session)| session)
+    }
+
+    /// Keeps a connection whose last operation got an answer from the server (success or
+    /// an NFS status); closes one that failed on the wire, or whose root handle went
+    /// stale (the export was replaced). One cut off by a deadline is dropped with its
+    /// future, never reused mid-call.
+    async fn release<T>(&self, session: Session, result: &Result<T>) {
+        let answered = match result {
+            Ok(_) => true,
+            Err(Error::Status { status, .. }) => status != "NFS3ERR_STALE",
+            Err(_) => false,
+        };
+        if answered {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() < IDLE_SESSIONS {
+                idle.push((Instant::now(), session));
+                return;
+            }
+        }
+        session.close().await;
     }
 
     async fn connect(&self) -> Result<Session> {
@@ -281,6 +306,33 @@ impl Session {
     /// Unmounting only tells the server's MOUNT service; a failure changes nothing.
     async fn close(self) {
         let _ = self.connection.unmount().await;
+    }
+
+    async fn remove(&mut self, sub_dir: &str) -> Result<()> {
+        match self.parent_of(sub_dir).await? {
+            Some((parent, name)) => self.remove_named(&parent, name).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn exists(&mut self, sub_dir: &str) -> Result<bool> {
+        match self.parent_of(sub_dir).await? {
+            Some((parent, name)) => Ok(self.lookup(&parent, name).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    async fn space(&mut self) -> Result<(u64, u64)> {
+        let args = FSSTAT3args {
+            fsroot: self.root.clone(),
+        };
+        let reply = self
+            .connection
+            .fsstat(&args)
+            .await
+            .map_err(|e| self.rpc("fsstat", e))?;
+        let ok = self.reply("fsstat", "", reply)?;
+        Ok((ok.tbytes, ok.abytes))
     }
 
     async fn make_dir(&mut self, sub_dir: &str, mode: Option<u32>) -> Result<()> {
