@@ -17,7 +17,7 @@ export_dir=$work/export
 mkdir -p "$export_dir" "$work/recovery"
 cleanup() {
   ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
-  sleep 0.5
+  wait 2>/dev/null || true   # Ganesha logs until it has exited: keep its directory till then
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$work"
 }

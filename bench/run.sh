@@ -24,12 +24,14 @@ trap cleanup EXIT
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; return 1; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# With the built-in share's listener on, as the chart's share.enabled runs it.
 "$bin/warren" all --node-id bench --endpoint "unix://$work/all.sock" --state-dir "$work/state" \
-  --storage-root "$work/storage" --kubelet-dir "$work/kubelet" 2>"$work/all.log" &
+  --storage-root "$work/storage" --kubelet-dir "$work/kubelet" \
+  --share-listen 127.0.0.1:0 --share-address 127.0.0.1 2>"$work/all.log" &
 pids+=($!); all_pid=$!
 wait_sock "$work/all.sock"
 sleep 2
-echo "idle RSS warren all:  $(( $(rss_kib "$all_pid") / 1024 )) MiB ($(rss_kib "$all_pid") KiB)"
+echo "idle RSS warren all (share listening):  $(( $(rss_kib "$all_pid") / 1024 )) MiB ($(rss_kib "$all_pid") KiB)"
 
 echo "token-for-the-benchmark-0123456789" > "$work/token"
 "$bin/warren" node --node-id bench2 --endpoint "unix://$work/node.sock" --state-dir "$work/nstate" \
