@@ -264,11 +264,14 @@ impl Stager {
                         staging.display()
                     )));
                 };
+                // The built-in share's own mount of a shared volume is not a publish.
+                let shares = self.store.dirs().shares();
                 let others = mounts.iter().filter(|m| {
                     m.major_minor == staged.major_minor
                         && m.root == staged.root
                         && m.mount_point != staging
                         && m.mount_point != target
+                        && !m.mount_point.starts_with(&shares)
                 });
                 single_writer_check(cap, others)?;
                 let same = existing.is_some() && identity(target) == identity(staging);
