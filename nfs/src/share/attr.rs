@@ -157,7 +157,9 @@ fn now() -> libc::timespec {
 
 pub fn timespec(t: nfstime3) -> libc::timespec {
     libc::timespec {
-        tv_sec: t.seconds as libc::time_t,
+        // `as _`: libc's `time_t` alias is deprecated on musl (the image's target), where
+        // it is to become 64-bit; the field's own type is what matters.
+        tv_sec: t.seconds as _,
         tv_nsec: (t.nseconds.min(999_999_999)) as libc::c_long,
     }
 }
