@@ -2,6 +2,11 @@
 //! concurrently: each gets a request id, and a reader task hands replies back by id.
 //! Every call has a deadline; a connection that fails fails every pending call with
 //! `Unavailable`, and stays failed (the engine reconnects).
+//!
+//! The replica on the engine's own node can instead be reached in process
+//! (`ReplicaClient::in_process`), when this process hosts that node's replica service: the
+//! same requests, sessions and fencing, minus the socket, framing and checksums, which
+//! are most of a replicated write's CPU cost on a small node (see docs/design.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use crate::messages::{GenerationChange, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
 };
+use crate::server::{serve_in_process, OpenVolume, ReplicaService};
 use crate::volume::ReplicaState;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -26,19 +32,32 @@ pub struct ReplicaClient {
     /// The replica's id (its node), for messages and membership.
     pub replica: String,
     address: String,
-    requests: tokio::sync::mpsc::Sender<Outgoing>,
-    pending: Pending,
-    next_id: AtomicU64,
+    link: Link,
     failed: Arc<AtomicBool>,
     timeout: Duration,
-    reader: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
+}
+
+enum Link {
+    Tcp {
+        requests: tokio::sync::mpsc::Sender<Outgoing>,
+        pending: Pending,
+        next_id: AtomicU64,
+        reader: tokio::task::JoinHandle<()>,
+        writer: tokio::task::JoinHandle<()>,
+    },
+    InProcess {
+        service: Arc<ReplicaService>,
+        session: u64,
+        open: Mutex<Option<Arc<OpenVolume>>>,
+    },
 }
 
 impl Drop for ReplicaClient {
     fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
+        if let Link::Tcp { reader, writer, .. } = &self.link {
+            reader.abort();
+            writer.abort();
+        }
     }
 }
 
@@ -84,14 +103,33 @@ impl ReplicaClient {
         Ok(ReplicaClient {
             replica: replica.to_string(),
             address: address.to_string(),
-            requests,
-            pending,
-            next_id: AtomicU64::new(1),
+            link: Link::Tcp {
+                requests,
+                pending,
+                next_id: AtomicU64::new(1),
+                reader,
+                writer,
+            },
             failed,
             timeout,
-            reader,
-            writer,
         })
+    }
+
+    /// The replica `service` keeps, reached without a socket. Requests still time out
+    /// after `timeout` (a hung local disk is cut out like a hung peer).
+    pub fn in_process(service: Arc<ReplicaService>, timeout: Duration) -> ReplicaClient {
+        let session = service.new_session();
+        ReplicaClient {
+            replica: service.replica().to_string(),
+            address: "this process".into(),
+            link: Link::InProcess {
+                service,
+                session,
+                open: Mutex::new(None),
+            },
+            failed: Arc::new(AtomicBool::new(false)),
+            timeout,
+        }
     }
 
     pub fn is_failed(&self) -> bool {
@@ -105,16 +143,58 @@ impl ReplicaClient {
         ))
     }
 
-    async fn call(&self, mut frame: Frame) -> Result<Frame> {
+    async fn call(&self, frame: Frame) -> Result<Frame> {
         if self.is_failed() {
             return Err(self.unavailable("connection lost"));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match &self.link {
+            Link::Tcp {
+                requests,
+                pending,
+                next_id,
+                ..
+            } => self.call_tcp(requests, pending, next_id, frame).await,
+            Link::InProcess {
+                service,
+                session,
+                open,
+            } => {
+                let exchange = async {
+                    if frame.kind == Kind::Open {
+                        let volume = service.open(frame.parse_json()?, *session).await?;
+                        let state = volume.state();
+                        *open.lock().unwrap() = Some(volume);
+                        return Ok(Frame::json(Kind::Reply, 0, &state));
+                    }
+                    let volume = open.lock().unwrap().clone().ok_or_else(|| {
+                        Error::InvalidArgument("no volume is open in this session".into())
+                    })?;
+                    serve_in_process(&volume, *session, frame).await
+                };
+                match tokio::time::timeout(self.timeout, exchange).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        self.failed.store(true, Ordering::Release);
+                        Err(self.unavailable("request timed out"))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn call_tcp(
+        &self,
+        requests: &tokio::sync::mpsc::Sender<Outgoing>,
+        pending: &Pending,
+        next_id: &AtomicU64,
+        mut frame: Frame,
+    ) -> Result<Frame> {
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
         frame.request_id = id;
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        pending.lock().unwrap().insert(id, tx);
         let exchange = async {
-            self.requests
+            requests
                 .send(frame.into())
                 .await
                 .map_err(|_| self.unavailable("connection lost"))?;
@@ -123,7 +203,7 @@ impl ReplicaClient {
         let reply = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
-                self.pending.lock().unwrap().remove(&id);
+                pending.lock().unwrap().remove(&id);
                 self.failed.store(true, Ordering::Release);
                 return Err(match e {
                     Error::Unavailable(_) => e,
@@ -133,7 +213,7 @@ impl ReplicaClient {
             Err(_) => {
                 // A replica that does not answer in time is treated as gone: the engine
                 // cuts it out rather than letting the volume hang behind it.
-                self.pending.lock().unwrap().remove(&id);
+                pending.lock().unwrap().remove(&id);
                 self.failed.store(true, Ordering::Release);
                 return Err(self.unavailable("request timed out"));
             }

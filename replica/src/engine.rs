@@ -25,6 +25,7 @@ use crate::client::ReplicaClient;
 use crate::error::{Error, Result};
 use crate::plan::{plan_start, Observation};
 use crate::protocol::MAX_IO;
+use crate::server::ReplicaService;
 use crate::target::{check_range, BlockTarget};
 
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct EngineConfig {
     pub heal_interval: Duration,
     /// The volume is being created: replicas without data are expected.
     pub create: bool,
+    /// This node's replica service, when this process hosts it: the replica it keeps is
+    /// reached in process instead of over TCP.
+    pub in_process: Option<Arc<ReplicaService>>,
 }
 
 impl EngineConfig {
@@ -63,6 +67,7 @@ impl EngineConfig {
             rebuild_rate: 0,
             heal_interval: Duration::from_secs(2),
             create: false,
+            in_process: None,
         }
     }
 }
@@ -572,13 +577,20 @@ pub(crate) async fn open_replica(
     address: &ReplicaAddress,
     create: bool,
 ) -> Result<(Arc<ReplicaClient>, Option<crate::volume::ReplicaState>)> {
-    let client = ReplicaClient::connect(
-        &address.replica,
-        &address.address,
-        &config.token,
-        config.io_timeout,
-    )
-    .await?;
+    let client = match &config.in_process {
+        Some(service) if service.replica() == address.replica => {
+            ReplicaClient::in_process(service.clone(), config.io_timeout)
+        }
+        _ => {
+            ReplicaClient::connect(
+                &address.replica,
+                &address.address,
+                &config.token,
+                config.io_timeout,
+            )
+            .await?
+        }
+    };
     match client.open(&config.volume, config.size, create).await {
         Ok(state) if state.gen == 0 && !create => Ok((Arc::new(client), None)),
         Ok(state) => Ok((Arc::new(client), Some(state))),

@@ -30,6 +30,10 @@ pub const MAX_VOLUME_SIZE: u64 = MAX_BODY as u64 * 8 * crate::bitmap::REGION_SIZ
 
 pub struct ReplicaService {
     root: PathBuf,
+    /// An exclusive lock on `<root>/.lock` for the service's lifetime: two services on one
+    /// root would each keep their own sessions and generations in memory, and fencing
+    /// would mean nothing. The kernel drops it when the process dies, `kill -9` included.
+    _root_lock: std::fs::File,
     replica: String,
     token: Token,
     volumes: Mutex<HashMap<String, Arc<OpenVolume>>>,
@@ -53,7 +57,16 @@ impl Drop for Held {
     }
 }
 
-struct OpenVolume {
+impl std::fmt::Debug for ReplicaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaService")
+            .field("root", &self.root)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct OpenVolume {
     volume: ReplicaVolume,
     /// The connection that may use the volume now.
     session: AtomicU64,
@@ -63,14 +76,45 @@ impl ReplicaService {
     pub fn new(root: PathBuf, replica: String, token: Token) -> Result<Arc<Self>> {
         crate::names::check_replica(&replica)?;
         std::fs::create_dir_all(&root).map_err(Error::io(format!("create {}", root.display())))?;
+        let lock_path = root.join(".lock");
+        let root_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io(format!("open {}", lock_path.display())))?;
+        match root_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Unavailable(format!(
+                    "{} is served by another replica service",
+                    root.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("lock {}", lock_path.display()))(e))
+            }
+        }
         Ok(Arc::new(Self {
             root,
+            _root_lock: root_lock,
             replica,
             token,
             volumes: Mutex::new(HashMap::new()),
             sessions: AtomicU64::new(1),
             held: Arc::new(AtomicUsize::new(0)),
         }))
+    }
+
+    /// The replica id this service keeps replicas for (its node).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// A new session for a caller in this process (`ReplicaClient::in_process`): it
+    /// opens and fences exactly like a connection does.
+    pub(crate) fn new_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Bytes held by requests being served and replies not yet written (an upper bound).
@@ -125,7 +169,11 @@ impl ReplicaService {
             };
             let id = frame.request_id;
             if frame.kind == Kind::Open {
-                let reply = match self.open(&frame, session).await {
+                let opened = match frame.parse_json::<OpenRequest>() {
+                    Ok(request) => self.open(request, session).await,
+                    Err(e) => Err(e),
+                };
+                let reply = match opened {
                     Ok(volume) => {
                         let state = volume.volume.state();
                         open = Some(volume);
@@ -183,8 +231,8 @@ impl ReplicaService {
         result
     }
 
-    async fn open(&self, frame: &Frame, session: u64) -> Result<Arc<OpenVolume>> {
-        let request: OpenRequest = frame.parse_json()?;
+    /// Opens a volume for `session`, taking it over from any other session.
+    pub(crate) async fn open(&self, request: OpenRequest, session: u64) -> Result<Arc<OpenVolume>> {
         crate::names::check_volume(&request.volume)?;
         if request.size > MAX_VOLUME_SIZE {
             return Err(Error::InvalidArgument(format!(
@@ -248,6 +296,28 @@ fn cost(frame: &Frame) -> u32 {
         _ => frame.body.len(),
     };
     (bytes / BUDGET_UNIT + 1) as u32
+}
+
+/// Serves one request of a caller in this process: the same checks and the same code as
+/// a connection's requests, without the socket, the framing and the checksums.
+pub(crate) async fn serve_in_process(
+    open: &Arc<OpenVolume>,
+    session: u64,
+    frame: Frame,
+) -> Result<Frame> {
+    if let Some(reply) = try_nowait(open, session, &frame) {
+        return reply;
+    }
+    let open = open.clone();
+    tokio::task::spawn_blocking(move || handle(&open, session, frame))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+impl OpenVolume {
+    pub(crate) fn state(&self) -> crate::volume::ReplicaState {
+        self.volume.state()
+    }
 }
 
 /// A plain read or write answered from the page cache without blocking, if it can be.

@@ -70,6 +70,8 @@ pub struct Replica {
     pub id: String,
     pub root: PathBuf,
     pub link: Link,
+    /// The service itself, for engines that reach it in process.
+    pub service: Arc<ReplicaService>,
 }
 
 impl Replica {
@@ -87,9 +89,14 @@ pub async fn replicas(dir: &Path, n: usize) -> Vec<Replica> {
         let service = ReplicaService::new(root.clone(), id.clone(), token()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let direct = listener.local_addr().unwrap().to_string();
-        tokio::spawn(service.serve(listener));
+        tokio::spawn(service.clone().serve(listener));
         let link = Link::start(direct).await;
-        out.push(Replica { id, root, link });
+        out.push(Replica {
+            id,
+            root,
+            link,
+            service,
+        });
     }
     out
 }

@@ -1,0 +1,100 @@
+//! The engine reaching its node's replica in process (`EngineConfig::in_process`), next to
+//! remote replicas over TCP: same data, same generations, same fencing.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use warren_replica::engine::Engine;
+use warren_replica::server::ReplicaService;
+use warren_replica::{BlockTarget, Error};
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_replica_takes_every_write_without_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut cfg = config("vol", 16 * MIB, &replicas);
+    cfg.create = true;
+    cfg.local = Some("r0".into());
+    cfg.in_process = Some(replicas[0].service.clone());
+    let engine = Engine::start(cfg).await.unwrap();
+    assert_eq!(engine.status().await.members, vec!["r0", "r1"]);
+    // r0's network is cut: had the engine reached r0 over TCP, the next write would cut
+    // it out of the membership. In process, it stays a member.
+    replicas[0].link.cut();
+    for i in 0..64u64 {
+        engine
+            .write(i * 4096, Bytes::from(block(i, 1)), false)
+            .await
+            .unwrap();
+    }
+    let big = Bytes::from(vec![0x5au8; 5 * MIB as usize]);
+    engine.write(8 * MIB, big.clone(), true).await.unwrap();
+    engine.flush().await.unwrap();
+    assert_eq!(engine.status().await.members, vec!["r0", "r1"]);
+    for i in 0..64u64 {
+        assert!(engine.read(i * 4096, 4096).await.unwrap() == block(i, 1));
+    }
+    assert_eq!(engine.read(8 * MIB, 5 * MIB as usize).await.unwrap(), big);
+    engine.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_over_tcp_fences_the_in_process_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2).await;
+    let mut local = config("vol", 16 * MIB, &replicas);
+    local.create = true;
+    local.local = Some("r0".into());
+    local.in_process = Some(replicas[0].service.clone());
+    let first = Engine::start(local).await.unwrap();
+    for i in 0..20u64 {
+        first
+            .write(i * 4096, Bytes::from(block(i, 1)), false)
+            .await
+            .unwrap();
+    }
+    // The volume moves: an engine elsewhere opens both replicas over the network and
+    // takes the volume over (the first one never closed: its node is presumed gone).
+    let second = Engine::start(config("vol", 16 * MIB, &replicas))
+        .await
+        .unwrap();
+    for i in 0..20u64 {
+        assert!(second.read(i * 4096, 4096).await.unwrap() == block(i, 1));
+    }
+    second
+        .write(0, Bytes::from(block(0, 2)), false)
+        .await
+        .unwrap();
+    // The in-process session was taken over on r0 and r1 alike: nothing more from it.
+    let err = first
+        .write(4096, Bytes::from(block(1, 99)), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_) | Error::Fenced(_)),
+        "{err}"
+    );
+    assert!(first.status().await.failed.is_some());
+    assert!(second.read(4096, 4096).await.unwrap() == block(1, 1));
+    assert!(second.read(0, 4096).await.unwrap() == block(0, 2));
+    second.close().await.unwrap();
+    assert_identical("vol", &[&replicas[0], &replicas[1]]);
+}
+
+#[tokio::test]
+async fn one_replica_root_has_one_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r0");
+    let first = ReplicaService::new(root.clone(), "r0".into(), token()).unwrap();
+    let err = ReplicaService::new(root.clone(), "r0".into(), token()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("another replica service"), "{err}");
+    drop(Arc::try_unwrap(first).unwrap());
+    ReplicaService::new(root, "r0".into(), token()).unwrap();
+}
