@@ -15,6 +15,7 @@ pub mod engine;
 pub mod heal;
 pub mod messages;
 pub mod names;
+mod nowait;
 pub mod plan;
 pub mod protocol;
 pub mod server;

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,6 +40,8 @@ pub fn check_range(size: u64, offset: u64, len: u64) -> Result<()> {
 pub struct FileTarget {
     file: Arc<File>,
     size: u64,
+    /// Whether the file system takes `RWF_NOWAIT` writes (learnt on the first refusal).
+    nowait_writes: Arc<AtomicBool>,
 }
 
 impl FileTarget {
@@ -56,6 +59,7 @@ impl FileTarget {
         Ok(Self {
             file: Arc::new(file),
             size,
+            nowait_writes: Arc::new(AtomicBool::new(true)),
         })
     }
 }
@@ -68,6 +72,9 @@ impl BlockTarget for FileTarget {
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
         check_range(self.size, offset, len as u64)?;
+        if let Some(data) = crate::nowait::read(&self.file, offset, len) {
+            return Ok(data);
+        }
         let file = self.file.clone();
         blocking(move || {
             let mut buf = vec![0u8; len];
@@ -79,6 +86,15 @@ impl BlockTarget for FileTarget {
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         check_range(self.size, offset, data.len() as u64)?;
+        if !fua && self.nowait_writes.load(Ordering::Relaxed) {
+            match crate::nowait::write(&self.file, offset, &data) {
+                crate::nowait::Write::Done => return Ok(()),
+                crate::nowait::Write::WouldBlock => {}
+                crate::nowait::Write::Unsupported => {
+                    self.nowait_writes.store(false, Ordering::Relaxed)
+                }
+            }
+        }
         let file = self.file.clone();
         blocking(move || {
             file.write_all_at(&data, offset)?;

@@ -18,7 +18,6 @@
 //!   history than it holds.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -352,27 +351,7 @@ impl ReplicaVolume {
         {
             return Some(Err(e));
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        // SAFETY: the iovec points at `len` bytes of capacity owned by `buf`; the length
-        // is set only after the kernel filled all of them.
-        let n = unsafe {
-            libc::preadv2(
-                self.data.as_raw_fd(),
-                &iov,
-                1,
-                offset as i64,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n != len as isize {
-            return None;
-        }
-        unsafe { buf.set_len(len) };
-        Some(Ok(Bytes::from(buf)))
+        crate::nowait::read(&self.data, offset, len).map(Ok)
     }
 
     /// A write the page cache can take without blocking (`pwritev2(RWF_NOWAIT)`) into
@@ -392,24 +371,14 @@ impl ReplicaVolume {
         {
             return None;
         }
-        let iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: the iovec points at `data`, which outlives the call; the kernel only reads.
-        let n = unsafe {
-            libc::pwritev2(
-                self.data.as_raw_fd(),
-                &iov,
-                1,
-                offset as i64,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
-            self.nowait_writes.store(false, Ordering::Relaxed);
+        match crate::nowait::write(&self.data, offset, data) {
+            crate::nowait::Write::Done => Some(Ok(())),
+            crate::nowait::Write::WouldBlock => None,
+            crate::nowait::Write::Unsupported => {
+                self.nowait_writes.store(false, Ordering::Relaxed);
+                None
+            }
         }
-        (n == data.len() as isize).then_some(Ok(()))
     }
 
     pub fn write(&self, gen: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
