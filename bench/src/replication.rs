@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use warren_replica::auth::Token;
 use warren_replica::engine::{Engine, EngineConfig, ReplicaAddress};
+use warren_replica::server::ReplicaService;
 use warren_replica::{BlockTarget, FileTarget};
 
 const MIB: u64 = 1 << 20;
@@ -91,7 +92,7 @@ fn config(volume: &str, size: u64, replicas: &[Replica], create: bool) -> Engine
         addresses,
         Token::new(TOKEN.as_bytes().to_vec()).unwrap(),
     );
-    config.local = Some(replicas[0].id.clone());
+    config.local = replicas.first().map(|r| r.id.clone());
     config.create = create;
     config
 }
@@ -264,15 +265,42 @@ async fn main() {
     let only: Option<usize> = std::env::var("BENCH_ONLY")
         .ok()
         .and_then(|v| v.parse().ok());
-    for n in (1..=3).filter(|n| only.is_none_or(|o| o == *n)) {
-        let engine = Engine::start(config(&format!("bench{n}"), size, &replicas[..n], true))
-            .await
-            .unwrap();
+    // The node's own replica reached in process, as when the node process hosts both the
+    // replica service and the engine: a service in this process (its own root; the `a`
+    // process holds a's), the others still over TCP.
+    let here = ReplicaService::new(
+        work.join("here"),
+        "here".into(),
+        Token::new(TOKEN.as_bytes().to_vec()).unwrap(),
+    )
+    .unwrap();
+    let runs = (1..=3)
+        .filter(|n| only.is_none_or(|o| o == *n))
+        .flat_map(|n| [(n, false), (n, true)]);
+    for (n, in_process) in runs {
+        let volume = format!("bench{n}{}", if in_process { "p" } else { "" });
+        let mut cfg = if in_process {
+            let mut cfg = config(&volume, size, &replicas[..n - 1], true);
+            cfg.replicas.insert(
+                0,
+                ReplicaAddress {
+                    replica: "here".into(),
+                    address: String::new(),
+                },
+            );
+            cfg.in_process = Some(here.clone());
+            cfg
+        } else {
+            config(&volume, size, &replicas[..n], true)
+        };
+        cfg.local = Some(cfg.replicas[0].replica.clone());
+        let engine = Engine::start(cfg).await.unwrap();
         let target: Arc<dyn BlockTarget> = engine.clone();
         for (r, b) in suite(target, scale).await.iter().zip(&base) {
             println!(
-                "{n} replica{}   {:<20} {:>8.0} MB/s {:>8.0} IOPS  p50 {:>6} us  p99 {:>6} us  = {:>3.0}% of raw",
+                "{n} replica{} {} {:<20} {:>8.0} MB/s {:>8.0} IOPS  p50 {:>6} us  p99 {:>6} us  = {:>3.0}% of raw",
                 if n == 1 { " " } else { "s" },
+                if in_process { "(local in process)" } else { "(all over TCP)    " },
                 r.label,
                 r.mb_s,
                 r.iops,
