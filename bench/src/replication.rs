@@ -257,7 +257,7 @@ async fn main() {
     let base = suite(raw, scale).await;
     for r in &base {
         println!(
-            "raw file     {:<20} {:>8.0} MB/s {:>8.0} IOPS  p50 {:>6} us  p99 {:>6} us",
+            "raw file                      {:<20} {:>8.0} MB/s {:>8.0} IOPS  p50 {:>6} us  p99 {:>6} us",
             r.label, r.mb_s, r.iops, r.p50_us, r.p99_us
         );
     }
