@@ -74,6 +74,11 @@ pub struct VolumeArgs {
     /// Create the volume (every replica must be reachable).
     #[arg(long)]
     pub create: bool,
+    /// Keep the local replica (`--local`) in this process, under this directory, instead
+    /// of reaching a `warren replica` over TCP: its writes skip the network. This process
+    /// then also serves that replica to other engines on its `--replica` address.
+    #[arg(long, requires = "local", value_name = "DIR")]
+    pub local_root: Option<PathBuf>,
     #[arg(long, env = "WARREN_REPLICA_TOKEN_FILE")]
     pub token_file: PathBuf,
     /// Rebuild copy rate limit in MiB/s (0: unlimited).

@@ -186,7 +186,27 @@ fn engine_config(args: &VolumeArgs) -> Result<EngineConfig> {
 }
 
 pub async fn run_volume(args: VolumeArgs, mut stop: watch::Receiver<bool>) -> Result<()> {
-    let config = engine_config(&args)?;
+    let mut config = engine_config(&args)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(root), Some(local)) = (&args.local_root, &args.local) {
+        let address = config
+            .replicas
+            .iter()
+            .find(|r| r.replica == *local)
+            .map(|r| r.address.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("--local {local} is not one of the --replica ids"))
+            })?;
+        let service = ReplicaService::new(root.clone(), local.clone(), config.token.clone())
+            .map_err(core_error)?;
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(Error::io(format!("listen on {address}")))?;
+        tracing::info!(%address, root = %root.display(), replica = %local, "local replica kept in this process");
+        let served = service.clone();
+        tasks.spawn(async move { served.serve(listener).await.map_err(core_error) });
+        config.in_process = Some(service);
+    }
     // Replicas may come up after the engine: keep trying until the plan allows a start.
     let engine = loop {
         match Engine::start(config.clone()).await {
@@ -202,7 +222,6 @@ pub async fn run_volume(args: VolumeArgs, mut stop: watch::Receiver<bool>) -> Re
         }
     };
     let target: Arc<dyn BlockTarget> = engine.clone();
-    let mut tasks = tokio::task::JoinSet::new();
     if let Some(socket) = &args.nbd_socket {
         let _ = std::fs::remove_file(socket);
         let (socket, target) = (socket.clone(), target.clone());
@@ -259,7 +278,7 @@ pub async fn run_volume(args: VolumeArgs, mut stop: watch::Receiver<bool>) -> Re
         _ = stop.changed() => {}
         Some(done) = tasks.join_next() => {
             if let Ok(Err(e)) = done {
-                tracing::error!(error = %e, "frontend stopped");
+                tracing::error!(error = %e, "a frontend or the local replica stopped serving");
             }
         }
     }

@@ -54,6 +54,9 @@ struct Cluster {
     nodes: Vec<Node>,
     engine: Option<Child>,
     volume_args: Vec<String>,
+    /// The engine's process keeps the first node's replica itself (`--local-root`), as a
+    /// node process hosting both does: no `warren replica` runs for it.
+    hosted: bool,
 }
 
 fn netns_available(tag: &str) -> bool {
@@ -128,10 +131,25 @@ impl Cluster {
             nodes,
             engine: None,
             volume_args: Vec::new(),
+            hosted: false,
         };
         for i in 0..cluster.nodes.len() {
             cluster.start_replica(i);
         }
+        cluster
+    }
+
+    /// Like `start`, but the engine's process keeps the first node's replica.
+    fn start_hosted(subnet: u8, names: &[&str]) -> Cluster {
+        let mut cluster = Cluster::start(subnet, names);
+        cluster.kill_replica(0);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cluster.nodes[0].address = format!("127.0.0.1:{port}");
+        cluster.hosted = true;
         cluster
     }
 
@@ -210,6 +228,10 @@ impl Cluster {
         }
         if create {
             args.push("--create".into());
+        }
+        if self.hosted {
+            args.push("--local-root".into());
+            args.push(self.nodes[0].root.display().to_string());
         }
         self.volume_args = args.clone();
         let _ = std::fs::remove_file(self.socket());
@@ -480,7 +502,20 @@ fn an_engine_killed_mid_write_resyncs_and_loses_no_acknowledged_write() {
     if !netns_available("e") {
         return;
     }
-    let mut cluster = Cluster::start(72, &["a", "b"]);
+    engine_killed_mid_write(Cluster::start(72, &["a", "b"]));
+}
+
+/// The engine's process keeps its node's replica (`--local-root`): a kill -9 of it takes
+/// the local replica down at the same instant as the engine, mid-write.
+#[test]
+fn a_node_process_with_its_replica_in_process_killed_mid_write_loses_no_acknowledged_write() {
+    if !netns_available("h") {
+        return;
+    }
+    engine_killed_mid_write(Cluster::start_hosted(73, &["a", "b"]));
+}
+
+fn engine_killed_mid_write(mut cluster: Cluster) {
     let rt = rt();
     let mut ledger = Ledger {
         rng: 0x2545_f491_4f6c_dd1d,
