@@ -11,22 +11,6 @@ use warren_replica::{BlockTarget, Error};
 
 const MIB: u64 = 1 << 20;
 
-async fn write_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
-    for i in blocks {
-        engine
-            .write(i * 4096, Bytes::from(block(i, seq)), false)
-            .await
-            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
-    }
-}
-
-async fn check_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
-    for i in blocks {
-        let data = engine.read(i * 4096, 4096).await.unwrap();
-        assert!(data == block(i, seq), "block {i} is not seq {seq}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reach_every_replica() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,19 +26,12 @@ async fn the_in_process_replica_takes_every_write_without_the_network() {
     // r0's network is cut: had the engine reached r0 over TCP, the next write would cut
     // it out of the membership. In process, it stays a member.
     replicas[0].link.cut();
-    for i in 0..64u64 {
-        engine
-            .write(i * 4096, Bytes::from(block(i, 1)), false)
-            .await
-            .unwrap();
-    }
+    write_blocks(&engine, 0..64, 1).await;
     let big = Bytes::from(vec![0x5au8; 5 * MIB as usize]);
     engine.write(8 * MIB, big.clone(), true).await.unwrap();
     engine.flush().await.unwrap();
     assert_eq!(engine.status().await.members, vec!["r0", "r1"]);
-    for i in 0..64u64 {
-        assert!(engine.read(i * 4096, 4096).await.unwrap() == block(i, 1));
-    }
+    check_blocks(&engine, 0..64, 1).await;
     assert_eq!(engine.read(8 * MIB, 5 * MIB as usize).await.unwrap(), big);
     engine.close().await.unwrap();
     assert_identical("vol", &[&replicas[0], &replicas[1]]);
@@ -53,20 +46,13 @@ async fn an_engine_over_tcp_fences_the_in_process_one() {
     local.local = Some("r0".into());
     local.in_process = Some(replicas[0].service.clone());
     let first = Engine::start(local).await.unwrap();
-    for i in 0..20u64 {
-        first
-            .write(i * 4096, Bytes::from(block(i, 1)), false)
-            .await
-            .unwrap();
-    }
+    write_blocks(&first, 0..20, 1).await;
     // The volume moves: an engine elsewhere opens both replicas over the network and
     // takes the volume over (the first one never closed: its node is presumed gone).
     let second = Engine::start(config("vol", 16 * MIB, &replicas))
         .await
         .unwrap();
-    for i in 0..20u64 {
-        assert!(second.read(i * 4096, 4096).await.unwrap() == block(i, 1));
-    }
+    check_blocks(&second, 0..20, 1).await;
     second
         .write(0, Bytes::from(block(0, 2)), false)
         .await

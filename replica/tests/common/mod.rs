@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use warren_replica::auth::Token;
-use warren_replica::engine::{EngineConfig, ReplicaAddress};
+use warren_replica::engine::{Engine, EngineConfig, ReplicaAddress};
 use warren_replica::server::ReplicaService;
+use warren_replica::BlockTarget;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -123,6 +125,24 @@ pub fn block(index: u64, seq: u64) -> Vec<u8> {
         out.extend_from_slice(&seq.to_le_bytes());
     }
     out
+}
+
+/// Writes `block(i, seq)` to each block `i`.
+pub async fn write_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
+    for i in blocks {
+        engine
+            .write(i * 4096, Bytes::from(block(i, seq)), false)
+            .await
+            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
+    }
+}
+
+/// Every block `i` reads back as `block(i, seq)`.
+pub async fn check_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, seq: u64) {
+    for i in blocks {
+        let data = engine.read(i * 4096, 4096).await.unwrap();
+        assert!(data == block(i, seq), "block {i} is not seq {seq}");
+    }
 }
 
 /// Waits until `check` holds, for at most `secs` seconds.
