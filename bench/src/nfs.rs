@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
-use hyper_util::rt::TokioIo;
-use tonic::transport::Endpoint;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -44,16 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let socket = PathBuf::from(&args[1]);
     let count: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(100);
     let data_mib: f64 = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(0.0);
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await?;
+    let channel = warren_core::endpoint::connect_unix(&socket).await?;
     let mut ctl = ControllerClient::new(channel);
     let parameters = HashMap::from([
         ("backend".to_string(), "nfs".to_string()),

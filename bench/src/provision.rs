@@ -11,8 +11,6 @@ use csi_proto::v1::controller_client::ControllerClient;
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
-use hyper_util::rt::TokioIo;
-use tonic::transport::Endpoint;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -36,16 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size_mib: i64 = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let fs_type = args.get(6).cloned().unwrap_or_default();
 
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await?;
+    let channel = warren_core::endpoint::connect_unix(&socket).await?;
     let mut ctl = ControllerClient::new(channel.clone());
     let mut node = NodeClient::new(channel);
     let cap = VolumeCapability {

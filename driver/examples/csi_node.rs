@@ -12,8 +12,6 @@ use std::process::ExitCode;
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
-use hyper_util::rt::TokioIo;
-use tonic::transport::Endpoint;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -22,17 +20,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: csi_node SOCKET publish|unpublish VOLUME_ID STAGING TARGET [K=V...]");
         return ExitCode::from(2);
     }
-    let socket = args[1].clone();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    let channel = warren_core::endpoint::connect_unix(std::path::Path::new(&args[1]))
         .await
         .expect("connect");
     let mut node = NodeClient::new(channel);

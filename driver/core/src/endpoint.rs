@@ -33,6 +33,24 @@ impl Endpoint {
     }
 }
 
+/// A gRPC channel to a server on a Unix socket (Warren's CSI socket): for the clients in
+/// tests, benchmarks and tools. The URI is required by the API and ignored by the connector.
+pub async fn connect_unix(
+    path: &Path,
+) -> std::result::Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+}
+
 /// Binds a Unix socket: removes a stale socket left by a killed process (but never a
 /// regular file or directory someone put there), and makes it owner-only (0600), since
 /// whoever can talk to it can mount and delete volumes.

@@ -10,8 +10,7 @@ use csi_proto::v1::identity_client::IdentityClient;
 use csi_proto::v1::node_client::NodeClient;
 use csi_proto::v1::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use csi_proto::v1::*;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const MIB: i64 = 1 << 20;
 pub const NODE: &str = "it-node";
@@ -147,17 +146,7 @@ pub fn wait_for_socket(path: &Path) {
 }
 
 pub async fn connect(socket: &Path) -> Channel {
-    let socket = socket.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    warren_core::endpoint::connect_unix(socket)
         .await
         .expect("connect to warren")
 }
