@@ -7,21 +7,26 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use warren_replica::engine::Engine;
+use warren_replica::engine::{Engine, EngineConfig};
 use warren_replica::server::ReplicaService;
 use warren_replica::{BlockTarget, Error};
 
 const MIB: u64 = 1 << 20;
 
+/// A new volume whose engine keeps r0 (the local replica) in process, r1 over TCP.
+fn r0_in_process(replicas: &[Replica]) -> EngineConfig {
+    let mut cfg = config("vol", 16 * MIB, replicas);
+    cfg.create = true;
+    cfg.local = Some("r0".into());
+    cfg.in_process = Some(replicas[0].service.clone());
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_process_replica_takes_every_write_without_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let replicas = replicas(dir.path(), 2).await;
-    let mut cfg = config("vol", 16 * MIB, &replicas);
-    cfg.create = true;
-    cfg.local = Some("r0".into());
-    cfg.in_process = Some(replicas[0].service.clone());
-    let engine = Engine::start(cfg).await.unwrap();
+    let engine = Engine::start(r0_in_process(&replicas)).await.unwrap();
     assert_eq!(engine.status().await.members, vec!["r0", "r1"]);
     // r0's network is cut: had the engine reached r0 over TCP, the next write would cut
     // it out of the membership. In process, it stays a member.
@@ -41,11 +46,7 @@ async fn the_in_process_replica_takes_every_write_without_the_network() {
 async fn an_engine_over_tcp_fences_the_in_process_one() {
     let dir = tempfile::tempdir().unwrap();
     let replicas = replicas(dir.path(), 2).await;
-    let mut local = config("vol", 16 * MIB, &replicas);
-    local.create = true;
-    local.local = Some("r0".into());
-    local.in_process = Some(replicas[0].service.clone());
-    let first = Engine::start(local).await.unwrap();
+    let first = Engine::start(r0_in_process(&replicas)).await.unwrap();
     write_blocks(&first, 0..20, 1).await;
     // The volume moves: an engine elsewhere opens both replicas over the network and
     // takes the volume over (the first one never closed: its node is presumed gone).
