@@ -76,6 +76,16 @@ fn netns_available(tag: &str) -> bool {
 impl Cluster {
     /// `subnet`: a test-unique number, so tests running at once do not collide.
     fn start(subnet: u8, names: &[&str]) -> Cluster {
+        Cluster::start_with(subnet, names, false)
+    }
+
+    /// Like `start`, but the engine's process keeps the first node's replica: no
+    /// `warren replica` runs for it, and it is reached on loopback.
+    fn start_hosted(subnet: u8, names: &[&str]) -> Cluster {
+        Cluster::start_with(subnet, names, true)
+    }
+
+    fn start_with(subnet: u8, names: &[&str], hosted: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("warren-repl-")
             .tempdir_in("/var/tmp")
@@ -131,25 +141,19 @@ impl Cluster {
             nodes,
             engine: None,
             volume_args: Vec::new(),
-            hosted: false,
+            hosted,
         };
-        for i in 0..cluster.nodes.len() {
+        if hosted {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            cluster.nodes[0].address = format!("127.0.0.1:{port}");
+        }
+        for i in usize::from(hosted)..cluster.nodes.len() {
             cluster.start_replica(i);
         }
-        cluster
-    }
-
-    /// Like `start`, but the engine's process keeps the first node's replica.
-    fn start_hosted(subnet: u8, names: &[&str]) -> Cluster {
-        let mut cluster = Cluster::start(subnet, names);
-        cluster.kill_replica(0);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        cluster.nodes[0].address = format!("127.0.0.1:{port}");
-        cluster.hosted = true;
         cluster
     }
 

@@ -119,15 +119,7 @@ async fn a_second_engine_fences_the_first_and_resyncs_after_its_crash() {
     check_blocks(&second, 0..50, 1).await;
     write_blocks(&second, 0..10, 2).await;
     // The first engine can no longer write or read anything.
-    let err = first
-        .write(0, Bytes::from(block(0, 99)), false)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Unavailable(_) | Error::Fenced(_)),
-        "{err}"
-    );
-    assert!(first.status().await.failed.is_some());
+    assert_fenced(&first).await;
     check_blocks(&second, 0..10, 2).await;
     second.close().await.unwrap();
     assert_identical("vol", &[&replicas[0], &replicas[1]]);

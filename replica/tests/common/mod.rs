@@ -145,6 +145,23 @@ pub async fn check_blocks(engine: &Engine, blocks: impl Iterator<Item = u64>, se
     }
 }
 
+/// `engine` was taken over: a write fails (fenced, or its replicas gone) and the engine
+/// has stopped serving for good.
+pub async fn assert_fenced(engine: &Engine) {
+    let err = engine
+        .write(4096, Bytes::from(block(1, 99)), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            warren_replica::Error::Unavailable(_) | warren_replica::Error::Fenced(_)
+        ),
+        "{err}"
+    );
+    assert!(engine.status().await.failed.is_some());
+}
+
 /// Waits until `check` holds, for at most `secs` seconds.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
