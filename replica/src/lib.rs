@@ -20,3 +20,4 @@ pub mod plan;
 pub mod protocol;
 pub mod server;
 pub mod volume;
+mod writeback;

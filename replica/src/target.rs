@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::writeback::EarlyWriteback;
 
 #[async_trait::async_trait]
 pub trait BlockTarget: Send + Sync + 'static {
@@ -42,6 +43,8 @@ pub struct FileTarget {
     size: u64,
     /// Whether the file system takes `RWF_NOWAIT` writes (learnt on the first refusal).
     nowait_writes: Arc<AtomicBool>,
+    /// Off by default: a plain file, as a pod on a local volume would write it.
+    writeback: Option<Arc<EarlyWriteback>>,
 }
 
 impl FileTarget {
@@ -60,7 +63,21 @@ impl FileTarget {
             file: Arc::new(file),
             size,
             nowait_writes: Arc::new(AtomicBool::new(true)),
+            writeback: None,
         })
+    }
+
+    /// Starts writeback early like a replica does (writeback.rs): the benchmark's second
+    /// baseline, so the engine's gain from it can be told apart from its own cost.
+    pub fn with_early_writeback(mut self) -> Self {
+        self.writeback = Some(Arc::new(EarlyWriteback::new(&self.file)));
+        self
+    }
+
+    fn wrote(&self, len: usize) {
+        if let Some(writeback) = &self.writeback {
+            writeback.wrote(len as u64);
+        }
     }
 }
 
@@ -88,7 +105,10 @@ impl BlockTarget for FileTarget {
         check_range(self.size, offset, data.len() as u64)?;
         if !fua && self.nowait_writes.load(Ordering::Relaxed) {
             match crate::nowait::write(&self.file, offset, &data) {
-                crate::nowait::Write::Done => return Ok(()),
+                crate::nowait::Write::Done => {
+                    self.wrote(data.len());
+                    return Ok(());
+                }
                 crate::nowait::Write::WouldBlock => {}
                 crate::nowait::Write::Unsupported => {
                     self.nowait_writes.store(false, Ordering::Relaxed)
@@ -96,6 +116,7 @@ impl BlockTarget for FileTarget {
             }
         }
         let file = self.file.clone();
+        let len = data.len();
         blocking(move || {
             file.write_all_at(&data, offset)?;
             if fua {
@@ -103,7 +124,9 @@ impl BlockTarget for FileTarget {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.wrote(len);
+        Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
