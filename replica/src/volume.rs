@@ -305,10 +305,13 @@ impl ReplicaVolume {
             return Ok(());
         }
         let _guard = self.bitmap_write.lock().unwrap();
+        if regions.clone().all(|r| self.bitmap.test(r)) {
+            return Ok(()); // another writer made them durable while we waited
+        }
         // A write that continues a marked region into unmarked ones is most likely part of
         // a sequential stream: the regions ahead of it are marked with it, in the same
-        // sync, so the stream pays one bitmap sync per MARK_AHEAD regions instead of one
-        // per region (on an SD card or a slow disk an fdatasync takes 10-20 ms). Marking more than was written only makes a resync copy more.
+        // sync, so the stream waits for one bitmap sync per MARK_AHEAD regions instead of
+        // one per region. Marking more than was written only makes a resync copy more.
         let ahead = if regions.start > 0 && self.bitmap.test(regions.start - 1) {
             MARK_AHEAD
         } else {
@@ -318,9 +321,6 @@ impl ReplicaVolume {
         let fresh: Vec<u64> = (regions.start..end)
             .filter(|&r| !self.bitmap.test(r))
             .collect();
-        if regions.clone().all(|r| self.bitmap.test(r)) {
-            return Ok(()); // another writer made them durable while we waited
-        }
         let mut bytes = self.bitmap.to_bytes();
         for &r in &fresh {
             bytes[(r / 8) as usize] |= 1 << (r % 8);
