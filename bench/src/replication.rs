@@ -188,8 +188,8 @@ async fn workload(target: &Arc<dyn BlockTarget>, w: Workload) -> Run {
 
 /// Each workload three times; the median run (by throughput) is reported, since a shared
 /// 2-vCPU VM varies a lot from run to run. For writes the first run is reported too: it
-/// is the only one that finds the volume's regions unmarked (as after an idle checkpoint),
-/// so it pays the bitmap's syncs the later runs skip.
+/// is the only one that writes into the fresh, sparse volume, and on replicas it is much
+/// slower than the median (see docs/design.md, "Replication benchmarks").
 async fn median(target: &Arc<dyn BlockTarget>, w: Workload) -> Vec<Run> {
     let mut runs = Vec::new();
     for _ in 0..3 {
@@ -313,11 +313,12 @@ async fn main() {
         Token::new(TOKEN.as_bytes().to_vec()).unwrap(),
     )
     .unwrap();
+    // BENCH_MODE=tcp|local: only the all-over-TCP or the in-process runs (profiling).
+    let mode = std::env::var("BENCH_MODE");
     let runs = (1..=3)
         .filter(|n| only.is_none_or(|o| o == *n))
         .flat_map(|n| [(n, false), (n, true)])
-        // BENCH_MODE=tcp|local: only the all-over-TCP or the in-process runs (profiling).
-        .filter(|(_, local)| match std::env::var("BENCH_MODE").as_deref() {
+        .filter(|(_, local)| match mode.as_deref() {
             Ok("tcp") => !local,
             Ok("local") => *local,
             _ => true,
