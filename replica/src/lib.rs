@@ -17,6 +17,7 @@ pub mod messages;
 pub mod names;
 mod nowait;
 pub mod plan;
+pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod volume;

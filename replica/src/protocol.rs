@@ -14,6 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
+use crate::pool::BufferPool;
+use std::sync::{Arc, OnceLock};
 
 pub const MAGIC: u32 = 0x3153_4e57; // "WNS1" on the wire
 pub const HEADER_LEN: usize = 40;
@@ -140,7 +142,30 @@ pub struct Frame {
     pub gen: u64,
     pub offset: u64,
     pub body: Bytes,
+    /// The body's checksum, shared with the other frames that carry the same body (see
+    /// `BodyCrc`); `None` computes it when the frame is encoded.
+    pub body_crc: Option<BodyCrc>,
 }
+
+/// A body's CRC32C, computed at most once however many frames carry that body: the engine
+/// sends each write to every replica, and reading 1 MiB once more per replica costs memory
+/// bandwidth a small node lacks. Attach it only to frames whose body is that same data.
+#[derive(Debug, Clone, Default)]
+pub struct BodyCrc(Arc<OnceLock<u32>>);
+
+impl BodyCrc {
+    fn of(&self, body: &[u8]) -> u32 {
+        *self.0.get_or_init(|| crc32c::crc32c(body))
+    }
+}
+
+/// A cache of a value derived from the body, not part of the frame's value.
+impl PartialEq for BodyCrc {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for BodyCrc {}
 
 impl Frame {
     pub fn request(kind: Kind, request_id: u64, body: Bytes) -> Frame {
@@ -152,6 +177,7 @@ impl Frame {
             gen: 0,
             offset: 0,
             body,
+            body_crc: None,
         }
     }
 
@@ -186,7 +212,13 @@ impl Frame {
         out.put_u64_le(self.gen);
         out.put_u64_le(self.offset);
         out.put_u32_le(self.body.len() as u32);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..36]), &self.body);
+        let header_crc = crc32c::crc32c(&out[..36]);
+        let crc = match &self.body_crc {
+            Some(shared) => {
+                crc32c::crc32c_combine(header_crc, shared.of(&self.body), self.body.len())
+            }
+            None => crc32c::crc32c_append(header_crc, &self.body),
+        };
         out.put_u32_le(crc);
         out
     }
@@ -266,6 +298,7 @@ fn finish(raw: &[u8; HEADER_LEN], header: Header, body: Bytes) -> Result<Frame> 
         gen: header.gen,
         offset: header.offset,
         body,
+        body_crc: None,
     })
 }
 
@@ -289,7 +322,9 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     }
     let header = parse_header_limited(&raw, max_body)?;
     // Read into spare capacity: no zeroing of buffers that are about to be overwritten.
-    let mut body = BytesMut::with_capacity(header.body_len);
+    // Large bodies reuse pooled memory (see pool.rs).
+    let pool = BufferPool::global();
+    let mut body = pool.take(header.body_len);
     while body.len() < header.body_len {
         let want = (header.body_len - body.len()) as u64;
         let n = (&mut *reader)
@@ -303,7 +338,7 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
             ));
         }
     }
-    finish(&raw, header, body.freeze()).map(Some)
+    finish(&raw, header, pool.freeze(body)).map(Some)
 }
 
 /// A frame on its way out, with the share of the connection's in-flight budget it holds
@@ -376,7 +411,26 @@ mod tests {
             gen: 7,
             offset: 1 << 20,
             body: Bytes::from(vec![0x5a; 4096]),
+            body_crc: None,
         }
+    }
+
+    #[test]
+    fn a_shared_body_checksum_encodes_the_same_frames() {
+        let shared = BodyCrc::default();
+        for (id, gen) in [(1, 5), (2, 9)] {
+            let mut plain = sample();
+            plain.request_id = id;
+            plain.gen = gen;
+            let mut with_shared = plain.clone();
+            with_shared.body_crc = Some(shared.clone());
+            assert_eq!(with_shared.encode(), plain.encode());
+        }
+        assert_eq!(
+            shared.0.get().copied(),
+            Some(crc32c::crc32c(&sample().body)),
+            "computed once, kept for the next frame"
+        );
     }
 
     #[test]
