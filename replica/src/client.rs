@@ -21,7 +21,7 @@ use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
 use crate::messages::{GenerationChange, OpenRequest};
 use crate::protocol::{
-    pump_frames, read_frame, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
+    pump_frames, read_frame, BodyCrc, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
 };
 use crate::server::{serve_in_process, OpenVolume, ReplicaService};
 use crate::volume::ReplicaState;
@@ -309,7 +309,21 @@ impl ReplicaClient {
     }
 
     pub async fn write(&self, gen: u64, offset: u64, data: Bytes, fua: bool) -> Result<()> {
+        self.write_shared(gen, offset, data, fua, BodyCrc::default())
+            .await
+    }
+
+    /// `write` of data also sent to other replicas, with its checksum shared with theirs.
+    pub async fn write_shared(
+        &self,
+        gen: u64,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+        crc: BodyCrc,
+    ) -> Result<()> {
         let mut frame = Self::at(Kind::Write, gen, offset, data);
+        frame.body_crc = Some(crc);
         if fua {
             frame.flags |= FLAG_FUA;
         }

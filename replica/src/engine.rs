@@ -24,7 +24,7 @@ use crate::bitmap::{regions_for, regions_of, RegionBitmap, REGION_SIZE};
 use crate::client::ReplicaClient;
 use crate::error::{Error, Result};
 use crate::plan::{plan_start, Observation};
-use crate::protocol::MAX_IO;
+use crate::protocol::{BodyCrc, MAX_IO};
 use crate::server::ReplicaService;
 use crate::target::{check_range, BlockTarget};
 
@@ -400,7 +400,9 @@ impl Engine {
                 async move {
                     match change {
                         Change::Discard(len) => t.discard(gen, offset, len).await,
-                        Change::Write(data, fua) => t.write(gen, offset, data, fua).await,
+                        Change::Write(data, fua, crc) => {
+                            t.write_shared(gen, offset, data, fua, crc).await
+                        }
                     }
                 }
             }))
@@ -439,7 +441,7 @@ impl Engine {
             let n = (data.len() - done).min(MAX_IO);
             self.write_chunk(
                 offset + done as u64,
-                Change::Write(data.slice(done..done + n), fua),
+                Change::Write(data.slice(done..done + n), fua, BodyCrc::default()),
             )
             .await?;
             done += n;
@@ -558,14 +560,15 @@ impl Engine {
 /// What a write-path request changes.
 #[derive(Clone)]
 enum Change {
-    Write(Bytes, bool),
+    /// Data, FUA, and the data's checksum shared by the frames to every replica.
+    Write(Bytes, bool, BodyCrc),
     Discard(u64),
 }
 
 impl Change {
     fn len(&self) -> u64 {
         match self {
-            Change::Write(data, _) => data.len() as u64,
+            Change::Write(data, ..) => data.len() as u64,
             Change::Discard(len) => *len,
         }
     }

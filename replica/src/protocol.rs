@@ -6,7 +6,9 @@
 //! 0      4     5     6       8            16     24        32        36     40
 //! | magic | kind | flags | status | request_id | gen | offset | body_len | crc32c | body...
 //! ```
-//! All integers little-endian. `crc32c` covers bytes 0..36 and the body. A frame whose
+//! All integers little-endian. `crc32c` is the CRC32C of the body followed by header
+//! bytes 0..36 (body first, so a body sent to several replicas is checksummed once, and
+//! each frame only appends its own header: `frame_crc`). A frame whose
 //! magic, kind, length or checksum is wrong is refused and the connection closed: after a
 //! bad frame the byte stream cannot be trusted to be re-synchronised.
 
@@ -150,6 +152,8 @@ pub struct Frame {
 /// A body's CRC32C, computed at most once however many frames carry that body: the engine
 /// sends each write to every replica, and reading 1 MiB once more per replica costs memory
 /// bandwidth a small node lacks. Attach it only to frames whose body is that same data.
+/// (Combining a header checksum with a body checksum instead, `crc32c_combine`, costs
+/// ~9 µs for a 4 KiB body here, more than checksumming it again.)
 #[derive(Debug, Clone, Default)]
 pub struct BodyCrc(Arc<OnceLock<u32>>);
 
@@ -212,16 +216,19 @@ impl Frame {
         out.put_u64_le(self.gen);
         out.put_u64_le(self.offset);
         out.put_u32_le(self.body.len() as u32);
-        let header_crc = crc32c::crc32c(&out[..36]);
-        let crc = match &self.body_crc {
-            Some(shared) => {
-                crc32c::crc32c_combine(header_crc, shared.of(&self.body), self.body.len())
-            }
-            None => crc32c::crc32c_append(header_crc, &self.body),
+        let body_crc = match &self.body_crc {
+            Some(shared) => shared.of(&self.body),
+            None => crc32c::crc32c(&self.body),
         };
+        let crc = crc32c::crc32c_append(body_crc, &out[..36]);
         out.put_u32_le(crc);
         out
     }
+}
+
+/// A frame's checksum: the body's CRC32C, continued over the first 36 header bytes.
+pub fn frame_crc(header: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(body), header)
 }
 
 /// The header fields, once checked; the body is read next.
@@ -283,8 +290,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>> {
 }
 
 fn finish(raw: &[u8; HEADER_LEN], header: Header, body: Bytes) -> Result<Frame> {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw[..36]), &body);
-    if crc != header.crc {
+    if frame_crc(&raw[..36], &body) != header.crc {
         return Err(Error::Protocol(format!(
             "checksum mismatch in {:?} frame {}",
             header.kind, header.request_id

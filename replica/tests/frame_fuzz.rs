@@ -6,7 +6,9 @@
 //! The open-ended fuzzer is `replica/fuzz` (cargo-fuzz).
 
 use bytes::Bytes;
-use warren_replica::protocol::{decode, read_frame, Frame, Kind, HEADER_LEN, MAGIC, MAX_BODY};
+use warren_replica::protocol::{
+    decode, frame_crc, read_frame, Frame, Kind, HEADER_LEN, MAGIC, MAX_BODY,
+};
 
 struct Rng(u64);
 
@@ -76,6 +78,7 @@ fn random_frame(rng: &mut Rng) -> Frame {
         gen: edgy(rng),
         offset: edgy(rng),
         body: Bytes::from(rng.bytes(body_len)),
+        body_crc: None,
     }
 }
 
@@ -86,7 +89,7 @@ fn wire(frame: &Frame) -> Vec<u8> {
 }
 
 fn reseal(raw: &mut [u8]) {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw[..36]), &raw[HEADER_LEN..]);
+    let crc = frame_crc(&raw[..36], &raw[HEADER_LEN..]);
     raw[36..40].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -177,7 +180,7 @@ fn reference(buf: &[u8]) -> Expect {
     if buf.len() < total {
         return Expect::NeedMore;
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..36]), &buf[HEADER_LEN..total]);
+    let crc = frame_crc(&buf[..36], &buf[HEADER_LEN..total]);
     if crc != u32_at(36) {
         return Expect::Refused;
     }
@@ -196,7 +199,7 @@ fn check(buf: &[u8], runtime: Option<&tokio::runtime::Runtime>) -> Expect {
             let mut again = frame.encode().to_vec();
             again.extend_from_slice(&frame.body);
             assert_eq!(again, &buf[..used], "decoded frame differs from its bytes");
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..36]), &frame.body);
+            let crc = frame_crc(&buf[..36], &frame.body);
             assert_eq!(crc.to_le_bytes(), buf[36..40], "frame with a bad checksum");
             Expect::Frame(used)
         }

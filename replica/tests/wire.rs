@@ -17,7 +17,7 @@ use warren_replica::auth::{client_handshake, Token};
 use warren_replica::client::ReplicaClient;
 use warren_replica::messages::{GenerationChange, OpenRequest};
 use warren_replica::protocol::{
-    read_frame, Frame, Kind, Status, HEADER_LEN, MAGIC, MAX_BODY, MAX_IO,
+    frame_crc, read_frame, Frame, Kind, Status, HEADER_LEN, MAGIC, MAX_BODY, MAX_IO,
 };
 use warren_replica::server::ReplicaService;
 use warren_replica::Error;
@@ -229,7 +229,7 @@ fn read_req(id: u64, gen: u64, offset: u64, len: u32) -> Frame {
 
 /// Rewrites the CRC of a hand-edited frame so that only the edit is wrong.
 fn reseal(raw: &mut [u8]) {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw[..36]), &raw[HEADER_LEN..]);
+    let crc = frame_crc(&raw[..36], &raw[HEADER_LEN..]);
     raw[36..40].copy_from_slice(&crc.to_le_bytes());
 }
 
