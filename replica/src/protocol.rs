@@ -12,12 +12,13 @@
 //! magic, kind, length or checksum is wrong is refused and the connection closed: after a
 //! bad frame the byte stream cannot be trusted to be re-synchronised.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::pool::BufferPool;
-use std::sync::{Arc, OnceLock};
 
 pub const MAGIC: u32 = 0x3153_4e57; // "WNS1" on the wire
 pub const HEADER_LEN: usize = 40;
@@ -150,8 +151,8 @@ pub struct Frame {
 }
 
 /// A body's CRC32C, computed at most once however many frames carry that body: the engine
-/// sends each write to every replica, and reading 1 MiB once more per replica costs memory
-/// bandwidth a small node lacks. Attach it only to frames whose body is that same data.
+/// sends each write to every replica, and each extra checksum is one more pass over the
+/// data. Attach it only to frames whose body is that same data.
 /// (Combining a header checksum with a body checksum instead, `crc32c_combine`, costs
 /// ~9 µs for a 4 KiB body here, more than checksumming it again.)
 #[derive(Debug, Clone, Default)]
