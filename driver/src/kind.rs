@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use warren_core::ids::IdKind;
 use warren_core::params::KEY_BACKEND;
 
 /// What a call with no volume, or an ID Warren cannot have made, is counted as.
@@ -17,12 +18,12 @@ pub const UNKNOWN: &str = "unknown";
 /// one (`local#...`): it is counted as `local` by ID, as `share` by CreateVolume.
 const KINDS: [&str; 4] = ["local", "nfs", "share", "replicated"];
 
-/// Kind from a volume or snapshot ID (`local#<layout>#<node>#<key>`, `snap#...`).
+/// Kind from a volume or snapshot ID, by its prefix (`warren_core::ids::IdKind`).
 pub fn of_id(id: &str) -> &'static str {
-    match id.split_once('#') {
-        Some(("snap", _)) => "local",
-        Some(("nfssnap", _)) => "nfs",
-        Some((prefix, _)) => known(prefix),
+    match IdKind::of(id) {
+        Some(IdKind::LocalVolume | IdKind::LocalSnapshot) => "local",
+        Some(IdKind::NfsVolume | IdKind::NfsSnapshot) => "nfs",
+        Some(IdKind::Replicated) => "replicated",
         None => UNKNOWN,
     }
 }
@@ -56,7 +57,8 @@ mod tests {
         assert_eq!(of_id(&format!("replicated#x#{KEY}")), "replicated");
         assert_eq!(of_id("nfs#server#share"), "nfs");
         assert_eq!(of_id(&format!("nfssnap#server#/share#{KEY}")), "nfs");
-        assert_eq!(of_id("share#a"), "share");
+        // A share's volume has a local ID: no ID starts with `share#`.
+        assert_eq!(of_id("share#a"), UNKNOWN);
         for unknown in [
             "",
             "local",

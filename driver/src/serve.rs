@@ -26,7 +26,7 @@ use crate::calls::Observed;
 use crate::cli::{Common, Mode, NodeSide};
 use crate::http;
 use crate::metrics::Metrics;
-use warren_cluster::edge::EdgeConfig;
+use warren_kube::edge::EdgeConfig;
 
 /// How often the controller retries records a node could not settle at startup.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -125,7 +125,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                     .registration_dir
                     .clone()
                     .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry"));
-                warren_cluster::registration::spawn(&dir, csi_socket, stop_rx.clone())
+                warren_kube::registration::spawn(&dir, csi_socket, stop_rx.clone())
             });
             let node = NodeService::new(
                 store,
@@ -154,7 +154,7 @@ pub async fn run(mode: Mode) -> Result<()> {
 }
 
 /// Controller and node in one process (`warren all`), and in the edge mode also the
-/// Kubernetes side (`warren_cluster::edge`), which calls the same controller in-process.
+/// Kubernetes side (`warren_kube::edge`), which calls the same controller in-process.
 async fn serve_all(
     common: &Common,
     node_side: &NodeSide,
@@ -185,7 +185,7 @@ async fn serve_all(
     let Some(edge) = edge else {
         return serve_csi(router, &common.endpoint, ready, stop_rx).await;
     };
-    let kubernetes = warren_cluster::edge::run(edge, controller, stop_rx.clone());
+    let kubernetes = warren_kube::edge::run(edge, controller, stop_rx.clone());
     tokio::pin!(kubernetes);
     let served = serve_csi(router, &common.endpoint, ready, stop_rx);
     tokio::pin!(served);
@@ -321,7 +321,7 @@ async fn discover_nodes(nodes: Nodes, port: u16, token: String, stop: watch::Rec
         }
         known = agents.clone();
     };
-    if let Err(e) = warren_cluster::discovery::run(port, update, stop).await {
+    if let Err(e) = warren_kube::discovery::run(port, update, stop).await {
         tracing::error!(error = %e, "--discover-nodes needs the Kubernetes API");
         std::process::exit(1);
     }

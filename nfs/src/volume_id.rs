@@ -10,10 +10,12 @@
 //! the StorageClass parameters it came from, so a forged ID can never name a path outside
 //! its share.
 
+use warren_core::ids::IdKind;
+
 use crate::error::{Error, Result};
 use crate::params::{self, NfsParams, OnDelete};
 
-const PREFIX: &str = "nfs";
+const PREFIX: &str = IdKind::NfsVolume.prefix();
 /// The longest ID Warren accepts (the same bound as its local volume IDs).
 const MAX_LEN: usize = 512;
 
@@ -37,7 +39,7 @@ impl NfsVolumeId {
 
     /// Whether `id` is meant as an NFS volume ID (then `parse` says whether it is one).
     pub fn is_nfs(id: &str) -> bool {
-        id.starts_with("nfs#")
+        warren_core::ids::is_nfs_volume(id)
     }
 
     pub fn parse(id: &str) -> Result<Self> {
@@ -107,7 +109,7 @@ pub struct NfsSnapshotId {
 /// Where snapshots live on the export. No volume's sub-directory may start with it
 /// (`params::checked_sub_dir`), so a volume can never be, or hold, a snapshot.
 pub const SNAPSHOTS_DIR: &str = ".warren-snapshots";
-const SNAPSHOT_PREFIX: &str = "nfssnap";
+const SNAPSHOT_PREFIX: &str = IdKind::NfsSnapshot.prefix();
 
 impl NfsSnapshotId {
     /// A new snapshot of `volume`, kept on the same export.
@@ -120,7 +122,7 @@ impl NfsSnapshotId {
     }
 
     pub fn is_nfs(id: &str) -> bool {
-        id.starts_with("nfssnap#")
+        warren_core::ids::is_nfs_snapshot(id)
     }
 
     /// The snapshot's directory, relative to the share.

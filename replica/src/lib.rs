@@ -10,7 +10,6 @@ pub use target::{BlockTarget, FileTarget};
 pub mod auth;
 pub mod bitmap;
 pub mod client;
-pub mod durable;
 pub mod engine;
 pub mod heal;
 pub mod messages;

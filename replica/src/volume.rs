@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::bitmap::{regions_for, regions_of, RegionBitmap};
-use crate::durable::write_atomic;
+use warren_durable::write_atomic;
 use crate::error::{Error, Result};
 use crate::target::check_range;
 use crate::writeback::EarlyWriteback;

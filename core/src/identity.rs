@@ -8,7 +8,6 @@ use csi_proto::v1::plugin_capability::{self, service, volume_expansion};
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-pub const DRIVER_NAME: &str = "warren.csi.dev";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub struct IdentityService {
@@ -41,7 +40,7 @@ impl Identity for IdentityService {
         _req: Request<GetPluginInfoRequest>,
     ) -> Result<Response<GetPluginInfoResponse>, Status> {
         Ok(Response::new(GetPluginInfoResponse {
-            name: DRIVER_NAME.into(),
+            name: crate::DRIVER.into(),
             vendor_version: VERSION.into(),
             manifest: Default::default(),
         }))

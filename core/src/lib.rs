@@ -15,5 +15,8 @@ pub mod validate;
 
 pub use error::{Error, Result};
 
+/// The CSI driver name, as the CO and Kubernetes objects carry it.
+pub const DRIVER: &str = "warren.csi.dev";
+
 /// Topology key that pins a local volume to its node.
 pub const TOPOLOGY_KEY: &str = "topology.warren.csi.dev/node";

@@ -1,4 +1,4 @@
-//! Volume and snapshot IDs. Like csi-driver-nfs, the ID carries what a node needs to act on
+//! Local volume and snapshot IDs. Like csi-driver-nfs, the ID carries what a node needs to act on
 //! it without asking anyone: the backend, the layout, the node that holds the data and a
 //! random 128-bit key used as the on-disk directory name. Parsing is strict, so an ID can
 //! never smuggle a path component (`..`, `/`, NUL) into a path.
@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::IdKind;
 use crate::error::Error;
 use crate::validate::validate_node_id;
 
@@ -87,7 +88,11 @@ pub type SnapshotId = ObjectId<true>;
 const MAX_ID_LEN: usize = 512;
 
 impl<const SNAPSHOT: bool> ObjectId<SNAPSHOT> {
-    const PREFIX: &'static str = if SNAPSHOT { "snap" } else { "local" };
+    const PREFIX: &'static str = if SNAPSHOT {
+        IdKind::LocalSnapshot.prefix()
+    } else {
+        IdKind::LocalVolume.prefix()
+    };
     const WHAT: &'static str = if SNAPSHOT { "snapshot" } else { "volume" };
 
     pub fn new(layout: Layout, node: &str, key: Key) -> Self {

@@ -1,0 +1,38 @@
+//! Warren's side of the Kubernetes API.
+//!
+//! - `registration`: the kubelet plugin-registration socket (instead of the
+//!   node-driver-registrar sidecar).
+//! - `claims`, `volumes`: pure decisions — what a PersistentVolumeClaim or a
+//!   PersistentVolume asks of this node, from what is observed.
+//! - `provisioner`, `reclaimer`: carry those decisions out through Warren's own CSI
+//!   services (the edge mode's sidecar-free provisioner, resizer and deleter).
+//! - `discovery`: the standard mode's controller finds the nodes' agents from Node
+//!   objects.
+//! - `authority`: lets the kubelet's plugin watcher talk to a tonic server.
+//! - `lease`: leader election on a coordination.k8s.io Lease, for what no node owns:
+//!   where an Immediate-binding volume goes, and every step of NFS volumes (which live
+//!   on a server all nodes reach) and their snapshots.
+
+pub mod authority;
+pub mod claims;
+pub mod discovery;
+pub mod edge;
+pub mod error;
+pub mod lease;
+pub mod provisioner;
+pub mod quantity;
+pub mod reclaimer;
+pub mod registration;
+pub mod snapshots;
+pub mod snapshotter;
+pub mod volumes;
+
+pub use error::{Error, Result};
+
+/// The kubelet plugin-registration protocol (pluginregistration v1).
+pub mod proto {
+    tonic::include_proto!("pluginregistration");
+}
+
+/// The CSI driver name and the node topology key, defined once in the core.
+pub use warren_core::{DRIVER, TOPOLOGY_KEY};
