@@ -2,6 +2,10 @@
 
 use tonic::Code;
 
+/// An NFSv3 status as the server sent it (the client's own type, re-exported so callers
+/// can match on it without depending on `nfs3_client`).
+pub use nfs3_client::nfs3_types::nfs3::nfsstat3;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +40,7 @@ pub enum Error {
         server: String,
         operation: String,
         path: String,
-        status: String,
+        status: nfsstat3,
     },
 }
 
@@ -59,14 +63,17 @@ impl Error {
                     _ => Code::Internal,
                 }
             }
-            Error::Status { status, .. } => match status.as_str() {
-                "NFS3ERR_NOENT" => Code::NotFound,
-                "NFS3ERR_PERM" | "NFS3ERR_ACCES" | "NFS3ERR_ROFS" => Code::PermissionDenied,
-                "NFS3ERR_NOSPC" | "NFS3ERR_DQUOT" => Code::ResourceExhausted,
-                "NFS3ERR_STALE" | "NFS3ERR_JUKEBOX" | "NFS3ERR_IO" => Code::Unavailable,
-                "NFS3ERR_NOTDIR" | "NFS3ERR_EXIST" | "NFS3ERR_NOTEMPTY" => Code::FailedPrecondition,
-                _ => Code::Internal,
-            },
+            Error::Status { status, .. } => {
+                use nfsstat3::*;
+                match status {
+                    NFS3ERR_NOENT => Code::NotFound,
+                    NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS => Code::PermissionDenied,
+                    NFS3ERR_NOSPC | NFS3ERR_DQUOT => Code::ResourceExhausted,
+                    NFS3ERR_STALE | NFS3ERR_JUKEBOX | NFS3ERR_IO => Code::Unavailable,
+                    NFS3ERR_NOTDIR | NFS3ERR_EXIST | NFS3ERR_NOTEMPTY => Code::FailedPrecondition,
+                    _ => Code::Internal,
+                }
+            }
         }
     }
 }
@@ -86,6 +93,43 @@ impl From<Error> for warren_core::Error {
             Code::ResourceExhausted => warren_core::Error::ResourceExhausted(message),
             Code::Unavailable | Code::DeadlineExceeded => warren_core::Error::Unavailable(message),
             _ => warren_core::Error::Internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: nfsstat3) -> Error {
+        Error::Status {
+            server: "nfs.example".into(),
+            operation: "mkdir".into(),
+            path: "/export/pvc-1".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn a_status_reads_as_the_protocol_names_it() {
+        assert_eq!(
+            status(nfsstat3::NFS3ERR_NOTDIR).to_string(),
+            "NFS server nfs.example: mkdir /export/pvc-1: NFS3ERR_NOTDIR"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_codes_by_variant() {
+        use nfsstat3::*;
+        for (s, code) in [
+            (NFS3ERR_NOENT, Code::NotFound),
+            (NFS3ERR_ACCES, Code::PermissionDenied),
+            (NFS3ERR_NOSPC, Code::ResourceExhausted),
+            (NFS3ERR_STALE, Code::Unavailable),
+            (NFS3ERR_NOTEMPTY, Code::FailedPrecondition),
+            (NFS3ERR_SERVERFAULT, Code::Internal),
+        ] {
+            assert_eq!(status(s).code(), code, "{s}");
         }
     }
 }

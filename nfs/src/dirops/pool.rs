@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::session::Session;
-use crate::error::{Error, Result};
+use crate::error::{nfsstat3, Error, Result};
 
 /// Runs `$body` with `$s` bound to a connection: an idle one when there is one (and, should
 /// that one turn out dead on the wire, once more on a new one: every operation here is
@@ -58,7 +58,7 @@ impl SessionPool {
     pub(super) async fn release<T>(&self, session: Session, result: &Result<T>) {
         let answered = match result {
             Ok(_) => true,
-            Err(Error::Status { status, .. }) => status != "NFS3ERR_STALE",
+            Err(Error::Status { status, .. }) => *status != nfsstat3::NFS3ERR_STALE,
             Err(_) => false,
         };
         if answered {

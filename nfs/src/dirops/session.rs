@@ -135,7 +135,7 @@ impl Session {
             server: self.server.clone(),
             operation: operation.to_string(),
             path: format!("{}/{path}", self.share.trim_end_matches('/')),
-            status: format!("{status:?}"),
+            status,
         }
     }
 
