@@ -27,6 +27,9 @@ pub mod snapshots;
 pub mod snapshotter;
 pub mod volumes;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{Error, Result};
 
 /// The kubelet plugin-registration protocol (pluginregistration v1).

@@ -85,7 +85,9 @@ pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAct
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::tests::{nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE};
+    use crate::test_support::fixtures::{
+        nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE,
+    };
     use serde_json::json;
 
     fn with(mut pv: PersistentVolume, phase: &str, policy: &str) -> PersistentVolume {

@@ -1,0 +1,113 @@
+//! Kubernetes objects as the tests of every module here need them: StorageClasses,
+//! claims and PVs of Warren's three kinds of volume (local, NFS, shared).
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use serde_json::json;
+
+use crate::claims::PROVISIONED_BY;
+use crate::{DRIVER, TOPOLOGY_KEY};
+
+pub fn class(binding: &str, expand: bool) -> StorageClass {
+    serde_json::from_value(json!({
+        "metadata": {"name": "warren-local"},
+        "provisioner": DRIVER,
+        "parameters": {"layout": "image"},
+        "mountOptions": ["noatime"],
+        "volumeBindingMode": binding,
+        "allowVolumeExpansion": expand,
+    }))
+    .unwrap()
+}
+
+pub fn claim(
+    annotations: serde_json::Value,
+    extra_spec: serde_json::Value,
+) -> PersistentVolumeClaim {
+    let mut spec = json!({
+        "storageClassName": "warren-local",
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}},
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra_spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "metadata": {"name": "data", "namespace": "default", "uid": "1234", "annotations": annotations},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+pub fn volume(node: &str, size: &str) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+        "spec": {
+            "capacity": {"storage": size},
+            "csi": {"driver": DRIVER, "volumeHandle": format!("local#image#{node}#0123")},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": TOPOLOGY_KEY, "operator": "In", "values": [node]}]}]}},
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+    }))
+    .unwrap()
+}
+
+pub fn nfs_class(binding: &str, expand: bool) -> StorageClass {
+    serde_json::from_value(json!({
+        "metadata": {"name": "warren-nfs"},
+        "provisioner": DRIVER,
+        "parameters": {"backend": "nfs", "server": "10.0.0.5", "share": "/srv",
+            "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}"},
+        "mountOptions": ["hard"],
+        "reclaimPolicy": "Retain",
+        "volumeBindingMode": binding,
+        "allowVolumeExpansion": expand,
+    }))
+    .unwrap()
+}
+
+pub const NFS_HANDLE: &str = "nfs#10.0.0.5#/srv#default/data#delete";
+
+/// A `backend: share` class: the parameters of a local one, plus the backend.
+pub fn share_class(binding: &str) -> StorageClass {
+    serde_json::from_value(json!({
+        "metadata": {"name": "warren-share"},
+        "provisioner": DRIVER,
+        "parameters": {"backend": "share", "csi.storage.k8s.io/fstype": "xfs"},
+        "volumeBindingMode": binding,
+        "allowVolumeExpansion": true,
+    }))
+    .unwrap()
+}
+
+/// A shared volume's id: a local image volume's, on n2.
+pub const SHARE_HANDLE: &str = "local#image#n2#0123456789abcdef0123456789abcdef";
+
+/// A shared volume's PV as the provisioner writes it: its CreateVolume returned no
+/// topology, so no node affinity; the handle names its node.
+pub fn share_volume(size: &str) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+        "spec": {
+            "capacity": {"storage": size},
+            "csi": {"driver": DRIVER, "volumeHandle": SHARE_HANDLE,
+                "volumeAttributes": {"warren.csi.dev/share": "10.0.0.2:7463"}},
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+    }))
+    .unwrap()
+}
+
+/// An NFS volume's PV as the provisioner writes it: no node affinity.
+pub fn nfs_volume(size: &str) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+        "spec": {
+            "capacity": {"storage": size},
+            "csi": {"driver": DRIVER, "volumeHandle": NFS_HANDLE},
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+    }))
+    .unwrap()
+}
