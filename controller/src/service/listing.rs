@@ -1,0 +1,160 @@
+//! ListVolumes and ListSnapshots: Warren's local records and the NFS volumes together,
+//! in key order, paged by the last key of the previous page.
+
+use csi_proto::v1::*;
+use tonic::{Request, Response};
+use warren_core::ids::Key;
+use warren_core::{Error, Result};
+
+use crate::records::State;
+
+use super::snapshots::csi_snapshot;
+use super::volumes::csi_volume;
+use super::{ControllerService, Reply};
+
+/// One page of `items` after `token` (the last key of the previous page).
+pub(super) fn page<T: Clone>(
+    items: &[T],
+    key: impl Fn(&T) -> &Key,
+    max_entries: i32,
+    token: &str,
+) -> Result<(Vec<T>, String)> {
+    if max_entries < 0 {
+        return Err(Error::InvalidArgument(
+            "max_entries must not be negative".into(),
+        ));
+    }
+    let start = if token.is_empty() {
+        0
+    } else {
+        let after = Key::parse(token)
+            .ok_or_else(|| Error::Aborted(format!("starting_token {token:?} is not valid")))?;
+        items.partition_point(|i| key(i) <= &after)
+    };
+    let rest = &items[start..];
+    let take = if max_entries == 0 {
+        rest.len()
+    } else {
+        (max_entries as usize).min(rest.len())
+    };
+    let next = if take < rest.len() {
+        key(&rest[take - 1]).to_string()
+    } else {
+        String::new()
+    };
+    Ok((rest[..take].to_vec(), next))
+}
+
+impl ControllerService {
+    pub(super) async fn list_volumes_inner(
+        &self,
+        req: Request<ListVolumesRequest>,
+    ) -> Reply<ListVolumesResponse> {
+        let req = req.into_inner();
+        let mut ready: Vec<(Key, Volume)> = self
+            .records
+            .volumes()
+            .into_iter()
+            .filter(|r| r.state == State::Ready)
+            .map(|r| (r.id.key.clone(), csi_volume(&r)))
+            .chain(self.nfs.list())
+            .collect();
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        let (items, next_token) = page(&ready, |r| &r.0, req.max_entries, &req.starting_token)?;
+        Ok(Response::new(ListVolumesResponse {
+            entries: items
+                .into_iter()
+                .map(|(_, volume)| list_volumes_response::Entry {
+                    volume: Some(volume),
+                    status: None,
+                })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    pub(super) fn list_snapshots_inner(
+        &self,
+        req: ListSnapshotsRequest,
+    ) -> Result<ListSnapshotsResponse> {
+        let mut ready: Vec<(Key, Snapshot)> = self
+            .records
+            .snapshots()
+            .into_iter()
+            .filter(|r| r.state == State::Ready)
+            .filter_map(|r| r.info.map(|info| (r.id.key, csi_snapshot(&info))))
+            .chain(self.nfs.snapshots())
+            .collect();
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        if !req.snapshot_id.is_empty() {
+            ready.retain(|(_, s)| s.snapshot_id == req.snapshot_id);
+        }
+        if !req.source_volume_id.is_empty() {
+            ready.retain(|(_, s)| s.source_volume_id == req.source_volume_id);
+        }
+        let (items, next_token) = page(&ready, |r| &r.0, req.max_entries, &req.starting_token)?;
+        Ok(ListSnapshotsResponse {
+            entries: items
+                .into_iter()
+                .map(|(_, snapshot)| list_snapshots_response::Entry {
+                    snapshot: Some(snapshot),
+                })
+                .collect(),
+            next_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use csi_proto::v1::controller_server::Controller;
+    use csi_proto::v1::controller_service_capability::{rpc, Rpc, Type as CapType};
+    use csi_proto::v1::*;
+    use tonic::{Request, Response, Status};
+    use warren_core::capability::{
+        parse_capabilities, parse_capability, parse_shared_capabilities, parse_shared_capability,
+        Access,
+    };
+    use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
+    use warren_core::lock::KeyedLocks;
+    use warren_core::params::{
+        backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE, CONTEXT_SHARE,
+    };
+    use warren_core::storage::{ContentSource, SnapshotInfo, VolumeSpec};
+    use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
+    use warren_core::{Error, Result, TOPOLOGY_KEY};
+
+    use warren_nfs::volume_id::{NfsSnapshotId, NfsVolumeId};
+
+    use crate::nfs::NfsVolumes;
+    use crate::nodes::Nodes;
+    use crate::placement::candidates;
+    use crate::records::{Records, SnapshotRecord, State, VolumeRecord};
+
+    use super::snapshots::{csi_snapshot, timestamp};
+    use super::volumes::{confirm, csi_volume, topology};
+    use super::{ctl_cap, parse_id, ControllerService, Reply, DEFAULT_VOLUME_BYTES, IMAGE_ALIGN};
+
+    #[test]
+    pub(super) fn paging_by_key() {
+        let keys: Vec<Key> = (0..5)
+            .map(|_| Key::random())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (first, token) = page(&keys, |k| k, 2, "").unwrap();
+        assert_eq!(first, keys[..2]);
+        let (second, token) = page(&keys, |k| k, 2, &token).unwrap();
+        assert_eq!(second, keys[2..4]);
+        let (last, token) = page(&keys, |k| k, 2, &token).unwrap();
+        assert_eq!((last, token.as_str()), (keys[4..].to_vec(), ""));
+        assert_eq!(page(&keys, |k| k, 0, "").unwrap().0.len(), 5);
+        assert_eq!(
+            page(&keys, |k| k, 1, "bogus").unwrap_err().code(),
+            tonic::Code::Aborted
+        );
+    }
+}
