@@ -1,6 +1,7 @@
-//! The NFS backend's error type, with the CSI code each case maps to.
+//! The NFS backend's error type, with the CSI code each case maps to and its one
+//! conversion into a gRPC status.
 
-use tonic::Code;
+use tonic::{Code, Status};
 
 /// An NFSv3 status as the server sent it (the client's own type, re-exported so callers
 /// can match on it without depending on `nfs3_client`).
@@ -45,11 +46,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The gRPC code a CSI caller gets for this error: the one mapping, which both
+    /// conversions below use.
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Unreachable { .. } => Code::Unavailable,
-            Error::Timeout { .. } => Code::DeadlineExceeded,
+            // Not DEADLINE_EXCEEDED: a silent server is unavailable, and the CO's retry of
+            // an UNAVAILABLE call finishes the work (every operation is idempotent).
+            Error::Timeout { .. } => Code::Unavailable,
             Error::Unsupported { .. } => Code::FailedPrecondition,
             Error::Mount { errno, .. } => {
                 use nix::errno::Errno::*;
@@ -57,7 +62,7 @@ impl Error {
                     ECONNREFUSED | EHOSTUNREACH | ENETUNREACH | ETIMEDOUT | EIO | ESTALE => {
                         Code::Unavailable
                     }
-                    EACCES | EPERM => Code::PermissionDenied,
+                    EACCES | EPERM => REFUSED,
                     ENOENT => Code::NotFound,
                     EBUSY => Code::FailedPrecondition,
                     _ => Code::Internal,
@@ -67,7 +72,7 @@ impl Error {
                 use nfsstat3::*;
                 match status {
                     NFS3ERR_NOENT => Code::NotFound,
-                    NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS => Code::PermissionDenied,
+                    NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS => REFUSED,
                     NFS3ERR_NOSPC | NFS3ERR_DQUOT => Code::ResourceExhausted,
                     NFS3ERR_STALE | NFS3ERR_JUKEBOX | NFS3ERR_IO => Code::Unavailable,
                     NFS3ERR_NOTDIR | NFS3ERR_EXIST | NFS3ERR_NOTEMPTY => Code::FailedPrecondition,
@@ -78,22 +83,22 @@ impl Error {
     }
 }
 
-/// Into the core error (already a CSI status) for the controller's handlers.
+/// A server or export that refuses Warren. The spec has no PERMISSION_DENIED for
+/// CreateVolume; an export that refuses Warren is a precondition the administrator must fix.
+const REFUSED: Code = Code::FailedPrecondition;
+
+/// The CSI status of an NFS error: its code and its message.
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Into the core error for the controller's and the node's handlers, which work in it:
+/// through the status, so the code is the same either way.
 impl From<Error> for warren_core::Error {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
-        match e.code() {
-            Code::InvalidArgument => warren_core::Error::InvalidArgument(message),
-            Code::NotFound => warren_core::Error::NotFound(message),
-            Code::FailedPrecondition | Code::PermissionDenied => {
-                // The spec has no PERMISSION_DENIED for CreateVolume; an export that
-                // refuses Warren is a precondition the administrator must fix.
-                warren_core::Error::FailedPrecondition(message)
-            }
-            Code::ResourceExhausted => warren_core::Error::ResourceExhausted(message),
-            Code::Unavailable | Code::DeadlineExceeded => warren_core::Error::Unavailable(message),
-            _ => warren_core::Error::Internal(message),
-        }
+        Status::from(e).into()
     }
 }
 
@@ -123,13 +128,76 @@ mod tests {
         use nfsstat3::*;
         for (s, code) in [
             (NFS3ERR_NOENT, Code::NotFound),
-            (NFS3ERR_ACCES, Code::PermissionDenied),
+            (NFS3ERR_ACCES, Code::FailedPrecondition),
             (NFS3ERR_NOSPC, Code::ResourceExhausted),
             (NFS3ERR_STALE, Code::Unavailable),
             (NFS3ERR_NOTEMPTY, Code::FailedPrecondition),
             (NFS3ERR_SERVERFAULT, Code::Internal),
         ] {
             assert_eq!(status(s).code(), code, "{s}");
+        }
+    }
+
+    /// The codes CSI callers got before there was a `From<Error> for Status`, when every
+    /// NFS error went through the core error: the same now, both ways.
+    #[test]
+    fn both_conversions_give_the_codes_callers_always_got() {
+        use nix::errno::Errno;
+        let cases: [(fn() -> Error, Code); 15] = [
+            (
+                || Error::InvalidArgument("bad".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                || Error::Unreachable {
+                    server: "s".into(),
+                    message: "refused".into(),
+                },
+                Code::Unavailable,
+            ),
+            (
+                || Error::Timeout {
+                    server: "s".into(),
+                    operation: "mkdir".into(),
+                    seconds: 3,
+                },
+                Code::Unavailable,
+            ),
+            (
+                || Error::Unsupported {
+                    server: "s".into(),
+                    message: "fifo".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (|| mount(Errno::ECONNREFUSED), Code::Unavailable),
+            (|| mount(Errno::EACCES), Code::FailedPrecondition),
+            (|| mount(Errno::ENOENT), Code::NotFound),
+            (|| mount(Errno::EBUSY), Code::FailedPrecondition),
+            (|| mount(Errno::EINVAL), Code::Internal),
+            (|| status(nfsstat3::NFS3ERR_NOENT), Code::NotFound),
+            (|| status(nfsstat3::NFS3ERR_ROFS), Code::FailedPrecondition),
+            (|| status(nfsstat3::NFS3ERR_DQUOT), Code::ResourceExhausted),
+            (|| status(nfsstat3::NFS3ERR_JUKEBOX), Code::Unavailable),
+            (|| status(nfsstat3::NFS3ERR_EXIST), Code::FailedPrecondition),
+            (|| status(nfsstat3::NFS3ERR_BADHANDLE), Code::Internal),
+        ];
+        for (make, code) in cases {
+            let message = make().to_string();
+            let grpc = Status::from(make());
+            assert_eq!(grpc.code(), code, "{message}");
+            assert_eq!(grpc.message(), message);
+            let core = warren_core::Error::from(make());
+            assert_eq!(core.code(), code, "{message}");
+            assert_eq!(core.to_string(), message);
+        }
+    }
+
+    fn mount(errno: nix::errno::Errno) -> Error {
+        Error::Mount {
+            target: "/mnt".into(),
+            what: "mount".into(),
+            errno,
         }
     }
 }
