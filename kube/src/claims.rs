@@ -22,7 +22,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{
+    CSIPersistentVolumeSource, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use warren_core::ids;
@@ -48,8 +50,9 @@ pub const BACKEND_NFS: &str = "nfs";
 pub enum ClaimAction {
     /// Nothing for this node to do, and why.
     Nothing(&'static str),
-    /// An Immediate-binding claim nobody has placed: the leader picks a node.
-    Place,
+    /// An Immediate-binding claim nobody has placed: the leader picks a node among
+    /// `allowed_nodes`, the nodes the class's allowedTopologies permit (None: any node).
+    Place { allowed_nodes: Option<Vec<String>> },
     /// Create the volume here, and its PV.
     Provision(Provision),
     /// Grow the volume (held here) to `bytes`.
@@ -130,9 +133,9 @@ pub fn decide(
         let Some(volume) = volume else {
             return Nothing("bound to a volume not seen yet");
         };
-        if !provisioned_by_warren(volume) {
+        let Some(csi) = warren_csi(volume) else {
             return Nothing("bound to a volume Warren did not provision");
-        }
+        };
         if is_nfs_volume(volume) {
             if !leader {
                 return Nothing("bound to an NFS volume: the leader grows it");
@@ -140,9 +143,6 @@ pub fn decide(
         } else if volume_node(volume).as_deref() != Some(me) {
             return Nothing("bound to another node's volume");
         }
-        let Some(handle) = volume.spec.as_ref().and_then(|s| s.csi.as_ref()) else {
-            return Nothing("bound to a volume without a CSI source");
-        };
         let have = volume_bytes(volume).unwrap_or(0);
         let resizing = claim
             .status
@@ -158,7 +158,7 @@ pub fn decide(
                 ));
             }
             return Expand {
-                volume_handle: handle.volume_handle.clone(),
+                volume_handle: csi.volume_handle.clone(),
                 pv_name: volume.metadata.name.clone().unwrap_or_default(),
                 bytes: requested.max(have),
                 block: is_block(spec.volume_mode.as_deref()),
@@ -189,7 +189,11 @@ pub fn decide(
         // chosen: the PV then pins the claim there, the scheduler's binding of the pod to
         // another node fails, and the pod is placed again, on this node.
         match source_node.or(placed.map(String::as_str)) {
-            None if leader => return Place,
+            None if leader => {
+                return Place {
+                    allowed_nodes: allowed_nodes(class),
+                }
+            }
             None => return Nothing("waiting for the leader to place it"),
             Some(node) if node != me && source_node.is_some() => {
                 return Nothing("its data source is on another node")
@@ -216,7 +220,7 @@ pub fn decide(
         },
         None => None,
     };
-    let source = match data_source(claim) {
+    let source = match data_source(claim, spec) {
         Ok(s) => s,
         Err(e) => return Refuse(e),
     };
@@ -281,11 +285,14 @@ pub fn source_to_locate(
     if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && !scheduled {
         return None;
     }
-    data_source(claim).ok().flatten()
+    data_source(claim, spec).ok().flatten()
 }
 
-fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> {
-    let spec = claim.spec.as_ref().expect("checked by decide");
+/// `spec`: the claim's own, which its callers have already found there.
+fn data_source(
+    claim: &PersistentVolumeClaim,
+    spec: &PersistentVolumeClaimSpec,
+) -> Result<Option<Source>, String> {
     // dataSourceRef wins (it is the newer field and may name another namespace).
     let (kind, group, name, namespace) = if let Some(r) = &spec.data_source_ref {
         (
@@ -310,6 +317,20 @@ fn data_source(claim: &PersistentVolumeClaim) -> Result<Option<Source>, String> 
              VolumeSnapshot or clones a PersistentVolumeClaim"
         )),
     }
+}
+
+/// Node names a class's allowedTopologies permit (None: any).
+pub fn allowed_nodes(class: &StorageClass) -> Option<Vec<String>> {
+    let terms = class.allowed_topologies.as_ref()?;
+    let mut nodes = Vec::new();
+    for term in terms {
+        for e in term.match_label_expressions.iter().flatten() {
+            if e.key == TOPOLOGY_KEY {
+                nodes.extend(e.values.iter().cloned());
+            }
+        }
+    }
+    Some(nodes)
 }
 
 /// Whether a class's volumes live on an NFS server (`backend: nfs`).
@@ -341,6 +362,12 @@ pub fn acts_on(volume: &PersistentVolume, me: &str, leader: bool) -> bool {
 }
 
 pub fn provisioned_by_warren(volume: &PersistentVolume) -> bool {
+    warren_csi(volume).is_some()
+}
+
+/// The CSI source of a volume Warren provisioned (annotated as Warren's, with Warren's
+/// driver), else None: checked once, the handle then comes with it.
+pub fn warren_csi(volume: &PersistentVolume) -> Option<&CSIPersistentVolumeSource> {
     let annotated = volume
         .metadata
         .annotations
@@ -351,8 +378,8 @@ pub fn provisioned_by_warren(volume: &PersistentVolume) -> bool {
         .spec
         .as_ref()
         .and_then(|s| s.csi.as_ref())
-        .is_some_and(|c| c.driver == DRIVER);
-    annotated && csi
+        .filter(|c| c.driver == DRIVER)?;
+    annotated.then_some(csi)
 }
 
 /// The node that holds a volume: the one its node affinity pins it to (Warren's topology

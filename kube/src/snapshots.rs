@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use warren_core::ids;
 
-use crate::claims::{acts_on, is_nfs_volume, provisioned_by_warren};
+use crate::claims::{acts_on, is_nfs_volume, warren_csi};
 use crate::DRIVER;
 
 /// Warren's finalizer on the VolumeSnapshots it serves: the object stays until the
@@ -164,9 +164,9 @@ pub fn decide_as(
     let Some(volume) = volume else {
         return Nothing("source volume not seen");
     };
-    if !provisioned_by_warren(volume) {
+    let Some(source) = warren_csi(volume) else {
         return Nothing("the source volume is not this node's");
-    }
+    };
     if !acts_on(volume, me, leader) {
         return if is_nfs_volume(volume) {
             Nothing("the source is an NFS volume: the leader snapshots it")
@@ -199,16 +199,10 @@ pub fn decide_as(
     if !claim_bound {
         return Nothing("the source claim is not bound to that volume");
     }
-    let handle = volume
-        .spec
-        .as_ref()
-        .and_then(|s| s.csi.as_ref())
-        .map(|c| c.volume_handle.clone())
-        .expect("provisioned_by_warren checked the CSI source");
     Take(self::Take {
         content_name: format!("snapcontent-{uid}"),
         snapshot_name: format!("snapshot-{uid}"),
-        source_handle: handle,
+        source_handle: source.volume_handle.clone(),
         class_name: class_object.metadata.name.clone().unwrap_or_default(),
         deletion_policy: if class.deletion_policy.is_empty() {
             "Delete".into()

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 
-use crate::claims::{acts_on, is_nfs_volume, provisioned_by_warren};
+use crate::claims::{acts_on, is_nfs_volume, warren_csi};
 
 /// Warren's finalizer on the PVs it provisions with reclaim policy Delete: the PV object
 /// cannot vanish (`kubectl delete pv`) before its storage is deleted.
@@ -28,9 +28,9 @@ pub fn decide(volume: &PersistentVolume, me: &str) -> VolumeAction {
 
 pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAction {
     use VolumeAction::*;
-    if !provisioned_by_warren(volume) {
+    let Some(csi) = warren_csi(volume) else {
         return Nothing("not provisioned by Warren");
-    }
+    };
     if !acts_on(volume, me, leader) {
         return if is_nfs_volume(volume) {
             Nothing("an NFS volume: the leader deletes it")
@@ -38,14 +38,11 @@ pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAct
             Nothing("held by another node")
         };
     }
-    let spec = volume
+    let handle = csi.volume_handle.clone();
+    let policy = volume
         .spec
         .as_ref()
-        .expect("provisioned_by_warren checked the spec");
-    let handle = spec.csi.as_ref().expect("checked").volume_handle.clone();
-    let policy = spec
-        .persistent_volume_reclaim_policy
-        .as_deref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
         .unwrap_or("Delete");
     let phase = volume
         .status

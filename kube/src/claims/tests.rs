@@ -38,12 +38,29 @@ fn immediate_claims_are_placed_by_the_leader_only() {
     let fresh = claim(json!({}), json!({}));
     assert_eq!(
         decide(&fresh, Some(&sc), None, "n1", true, None),
-        ClaimAction::Place
+        ClaimAction::Place {
+            allowed_nodes: None
+        }
     );
     assert!(matches!(
         decide(&fresh, Some(&sc), None, "n1", false, None),
         ClaimAction::Nothing(_)
     ));
+    // The class's allowedTopologies come with the decision: Warren's key only.
+    let mut limited = sc.clone();
+    limited.allowed_topologies = Some(
+        serde_json::from_value(json!([
+            {"matchLabelExpressions": [{"key": TOPOLOGY_KEY, "values": ["n1", "n3"]},
+                {"key": "topology.kubernetes.io/zone", "values": ["a"]}]},
+            {"matchLabelExpressions": [{"key": TOPOLOGY_KEY, "values": ["n4"]}]}]))
+        .unwrap(),
+    );
+    assert_eq!(
+        decide(&fresh, Some(&limited), None, "n1", true, None),
+        ClaimAction::Place {
+            allowed_nodes: Some(vec!["n1".into(), "n3".into(), "n4".into()])
+        }
+    );
     // The scheduler's annotation means nothing for Immediate binding.
     let placed = claim(json!({PLACED_ON: "n1", SELECTED_NODE: "n2"}), json!({}));
     assert!(matches!(
@@ -472,7 +489,9 @@ fn share_claims_are_provisioned_by_their_node_with_every_access_mode() {
     let fresh = claim(json!({}), rwx.clone());
     assert_eq!(
         decide(&fresh, Some(&now), None, "n1", true, None),
-        ClaimAction::Place
+        ClaimAction::Place {
+            allowed_nodes: None
+        }
     );
     let placed = claim(json!({PLACED_ON: "n2"}), rwx);
     assert!(matches!(

@@ -32,6 +32,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::claims::{self, ClaimAction};
 use crate::error::Result;
@@ -56,6 +57,14 @@ pub struct Context<C> {
 const RESYNC: Duration = Duration::from_secs(60);
 
 pub async fn reconcile_claim<C: Controller>(
+    claim: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action> {
+    let span = tracing::info_span!("claim", claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()));
+    reconcile(claim, ctx).instrument(span).await
+}
+
+async fn reconcile<C: Controller>(
     claim: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context<C>>,
 ) -> Result<Action> {
@@ -96,15 +105,13 @@ pub async fn reconcile_claim<C: Controller>(
         leading,
         source_node.as_deref(),
     );
-    let span = tracing::info_span!("claim", claim = %format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any()));
-    let _guard = span.enter();
     match action {
         ClaimAction::Nothing(why) => {
             tracing::trace!(why, "nothing to do");
             Ok(Action::requeue(RESYNC))
         }
-        ClaimAction::Place => {
-            place::place(&ctx, &claim, class.as_deref().expect("decide saw a class")).await?;
+        ClaimAction::Place { allowed_nodes } => {
+            place::place(&ctx, &claim, allowed_nodes.as_deref()).await?;
             Ok(Action::requeue(RESYNC))
         }
         ClaimAction::Provision(p) => {

@@ -1,8 +1,9 @@
 //! The leader's one decision for local volumes: which node an Immediate-binding claim
 //! goes to.
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -14,24 +15,22 @@ use crate::error::{Error, Result};
 use crate::TOPOLOGY_KEY;
 
 /// The leader places an Immediate-binding claim: the Warren node with the fewest Warren
-/// volumes among those the class allows. Written with the claim's resourceVersion, so a
-/// claim is never placed twice.
+/// volumes among `allowed_nodes` (None: any node). Written with the claim's
+/// resourceVersion, so a claim is never placed twice.
 pub(super) async fn place<C>(
     ctx: &Context<C>,
     claim: &PersistentVolumeClaim,
-    class: &StorageClass,
+    allowed_nodes: Option<&[String]>,
 ) -> Result<()> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let allowed = allowed_nodes(class);
-    let mut candidates: Vec<String> = nodes
+    let candidates = nodes
         .list_metadata(&ListParams::default().labels(TOPOLOGY_KEY))
         .await?
         .items
         .into_iter()
         .filter_map(|n| n.metadata.labels?.get(TOPOLOGY_KEY).cloned())
-        .filter(|n| allowed.as_ref().is_none_or(|a| a.contains(n)))
-        .collect();
-    if candidates.is_empty() {
+        .filter(|n| allowed_nodes.is_none_or(|a| a.contains(n)));
+    let Some(node) = least_loaded(candidates, &ctx.volumes.state()) else {
         let why = "no node runs Warren (no node has the label topology.warren.csi.dev/node) within the class's allowedTopologies";
         event(
             ctx,
@@ -43,16 +42,7 @@ pub(super) async fn place<C>(
         )
         .await;
         return Err(Error::Invalid(why.into()));
-    }
-    let load = |node: &String| {
-        ctx.volumes
-            .state()
-            .iter()
-            .filter(|v| claims::volume_node(v).as_deref() == Some(node.as_str()))
-            .count()
     };
-    candidates.sort_by_key(|n| (load(n), n.clone()));
-    let node = &candidates[0];
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
     let patch = json!({"metadata": {
@@ -76,16 +66,19 @@ pub(super) async fn place<C>(
     }
 }
 
-/// Node names a class's allowedTopologies permit (None: any).
-fn allowed_nodes(class: &StorageClass) -> Option<Vec<String>> {
-    let terms = class.allowed_topologies.as_ref()?;
-    let mut nodes = Vec::new();
-    for term in terms {
-        for e in term.match_label_expressions.iter().flatten() {
-            if e.key == TOPOLOGY_KEY {
-                nodes.extend(e.values.iter().cloned());
-            }
-        }
-    }
-    Some(nodes)
+/// The candidate holding the fewest of `volumes`, the first by name among equals; None
+/// when there is no candidate.
+fn least_loaded(
+    candidates: impl IntoIterator<Item = String>,
+    volumes: &[Arc<PersistentVolume>],
+) -> Option<String> {
+    let load = |node: &str| {
+        volumes
+            .iter()
+            .filter(|v| claims::volume_node(v).as_deref() == Some(node))
+            .count()
+    };
+    candidates
+        .into_iter()
+        .min_by(|a, b| (load(a), a).cmp(&(load(b), b)))
 }
