@@ -107,36 +107,7 @@ impl ControllerService {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use csi_proto::v1::controller_server::Controller;
-    use csi_proto::v1::controller_service_capability::{rpc, Rpc, Type as CapType};
-    use csi_proto::v1::*;
-    use tonic::{Request, Response, Status};
-    use warren_core::capability::{
-        parse_capabilities, parse_capability, parse_shared_capabilities, parse_shared_capability,
-        Access,
-    };
-    use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
-    use warren_core::lock::KeyedLocks;
-    use warren_core::params::{
-        backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE, CONTEXT_SHARE,
-    };
-    use warren_core::storage::{ContentSource, SnapshotInfo, VolumeSpec};
-    use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
-    use warren_core::{Error, Result, TOPOLOGY_KEY};
-
-    use warren_nfs::volume_id::{NfsSnapshotId, NfsVolumeId};
-
-    use crate::nfs::NfsVolumes;
-    use crate::nodes::Nodes;
-    use crate::placement::candidates;
-    use crate::records::{Records, SnapshotRecord, State, VolumeRecord};
-
-    use super::snapshots::{csi_snapshot, timestamp};
-    use super::volumes::{confirm, csi_volume, topology};
-    use super::{ctl_cap, parse_id, ControllerService, Reply, DEFAULT_VOLUME_BYTES, IMAGE_ALIGN};
+    use super::*;
 
     #[test]
     pub(super) fn paging_by_key() {
