@@ -1,6 +1,6 @@
 //! Kernel block-device frontends in the QEMU kernel lab (lab/run-guest.sh): the
 //! `frontend_check` example runs inside a TCG guest, as root, against
-//! - ublk (`frontend/ublk.rs`) on the bookworm-backports 6.12 kernel (`ublk_drv`);
+//! - ublk (`frontend/ublk/`) on the bookworm-backports 6.12 kernel (`ublk_drv`);
 //! - NBD (`frontend/nbd/kernel.rs`, `attach_kernel`) on the Debian 6.1 kernel (`nbd`).
 //!
 //! Each guest attaches a `FileTarget` and then a two-replica `Engine`, runs concurrent
