@@ -167,7 +167,7 @@ impl NfsVolumes {
     fn export(&self, server: &str, share: &str) -> Export {
         self.exports
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry((server.to_string(), share.to_string()))
             .or_insert_with(|| Export::new(server, share, self.options.clone()))
             .clone()

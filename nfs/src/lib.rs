@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 //! Warren's NFS backend (`backend: nfs`): volumes are sub-directories of an export on an
 //! existing NFS server.
 //!

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -39,7 +39,11 @@ fn stuck() -> &'static Mutex<HashSet<PathBuf>> {
 /// Probes the mount at `path` within `deadline`.
 pub fn probe(path: &Path, deadline: Duration) -> Probe {
     let path = path.to_path_buf();
-    if !stuck().lock().unwrap().insert(path.clone()) {
+    if !stuck()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(path.clone())
+    {
         return Probe::Unanswered;
     }
     let (tx, rx) = mpsc::channel();
@@ -50,11 +54,17 @@ pub fn probe(path: &Path, deadline: Duration) -> Probe {
             let result = statvfs(&thread_path);
             // The thread, not the caller, clears the mark: only when the call is really
             // over may another probe of this path start.
-            stuck().lock().unwrap().remove(&thread_path);
+            stuck()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&thread_path);
             let _ = tx.send(result);
         });
     if spawned.is_err() {
-        stuck().lock().unwrap().remove(&path);
+        stuck()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&path);
         return Probe::Failed(Errno::EAGAIN);
     }
     match rx.recv_timeout(deadline) {

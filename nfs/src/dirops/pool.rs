@@ -1,7 +1,7 @@
 //! The idle connections kept per export: reused by the next operation, replaced once when
 //! a reused one turns out dead on the wire, closed when their root handle went stale.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::session::Session;
@@ -46,7 +46,7 @@ pub(super) struct SessionPool {
 impl SessionPool {
     /// An idle connection, if a fresh enough one is there.
     pub(super) fn idle_session(&self) -> Option<Session> {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|(since, _)| since.elapsed() < IDLE_FOR);
         idle.pop().map(|(_, session)| session)
     }
@@ -62,7 +62,7 @@ impl SessionPool {
             Err(_) => false,
         };
         if answered {
-            let mut idle = self.idle.lock().unwrap();
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < IDLE_SESSIONS {
                 idle.push((Instant::now(), session));
                 return;

@@ -1,7 +1,6 @@
 //! Attributes: a stat(2) result as NFSv3 `fattr3`, and `sattr3` (SETATTR, CREATE) applied
 //! to an inode opened by handle, never by path, so nothing follows a symbolic link.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nfs3_server::nfs3_types::nfs3::{
@@ -99,7 +98,7 @@ pub fn apply(
         // this inode (it is not a path walk that a rename could redirect).
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
-            proc_path(path_fd).as_c_str(),
+            proc_path(path_fd).as_str(),
             Mode::from_bits_truncate(mode & 0o7777),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
@@ -144,8 +143,8 @@ pub fn set_times(
     Errno::result(rc).map(drop).map_err(from_errno)
 }
 
-fn proc_path(fd: &OwnedFd) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+fn proc_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 fn now() -> libc::timespec {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use nfs3_server::nfs3_types::nfs3::nfsstat3;
 use nix::fcntl::OFlag;
@@ -165,7 +165,7 @@ pub struct Exports {
 
 impl Exports {
     pub fn insert(&self, export: Export) -> Result<()> {
-        let mut map = self.by_tag.write().expect("exports lock");
+        let mut map = self.by_tag.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = map.get(&export.key.tag()) {
             if existing.key.as_str() != export.key.as_str() {
                 // Two keys with one 64-bit tag: astronomically unlikely, but never mix
@@ -187,7 +187,7 @@ impl Exports {
     pub fn remove(&self, key: &ExportKey) -> bool {
         self.by_tag
             .write()
-            .expect("exports lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&key.tag())
             .is_some()
     }
@@ -197,7 +197,7 @@ impl Exports {
         let tag = handle.tag().ok_or(nfsstat3::NFS3ERR_BADHANDLE)?;
         self.by_tag
             .read()
-            .expect("exports lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&tag)
             .cloned()
             .ok_or(nfsstat3::NFS3ERR_STALE)
@@ -208,7 +208,7 @@ impl Exports {
         let found = self
             .by_tag
             .read()
-            .expect("exports lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&key.tag())
             .cloned()?;
         (found.key.as_str() == key.as_str()).then_some(found)

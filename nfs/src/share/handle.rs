@@ -76,7 +76,10 @@ impl ShareHandle {
 
     /// Which export the handle claims to belong to (not yet verified).
     pub fn tag(&self) -> Option<[u8; TAG_LEN]> {
-        (self.bytes[0] == FORMAT).then(|| self.bytes[1..1 + TAG_LEN].try_into().unwrap())
+        if self.bytes[0] != FORMAT {
+            return None;
+        }
+        self.bytes[1..].first_chunk::<TAG_LEN>().copied()
     }
 
     /// The kernel handle, if the MAC is right for this export's signing key.
@@ -89,8 +92,11 @@ impl ShareHandle {
         if !signing.verify(body, &self.bytes[HEADER + n..HEADER + n + MAC_LEN]) {
             return Err(nfsstat3::NFS3ERR_BADHANDLE);
         }
+        let Some(kind) = self.bytes[1 + TAG_LEN..].first_chunk::<4>() else {
+            return Err(nfsstat3::NFS3ERR_BADHANDLE);
+        };
         Ok(KernelHandle {
-            kind: i32::from_le_bytes(self.bytes[9..13].try_into().unwrap()),
+            kind: i32::from_le_bytes(*kind),
             bytes: self.bytes[HEADER..HEADER + n].to_vec(),
         })
     }

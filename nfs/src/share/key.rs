@@ -69,8 +69,7 @@ impl ExportKey {
     /// kernel handle: the same key re-registered for another directory must not make the
     /// old directory's handles valid again.
     pub fn signing_key(&self, root_identity: &[u8]) -> SigningKey {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.as_bytes())
-            .expect("HMAC takes any key length");
+        let mut mac = hmac(self.key.as_bytes());
         mac.update(b"warren-share handles v1\0");
         mac.update(root_identity);
         SigningKey(mac.finalize().into_bytes().into())
@@ -98,8 +97,13 @@ impl SigningKey {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
+        hmac(&self.0)
     }
+}
+
+#[allow(clippy::expect_used)] // HMAC takes a key of any length: this cannot fail
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length")
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -241,8 +241,9 @@ impl Export {
     ) -> R<ShareHandle> {
         let (dfd, _) = self.directory(dir)?;
         let name = component(name)?;
-        let a = u32::from_be_bytes(verf.0[..4].try_into().unwrap());
-        let m = u32::from_be_bytes(verf.0[4..].try_into().unwrap());
+        let [a0, a1, a2, a3, m0, m1, m2, m3] = verf.0;
+        let a = u32::from_be_bytes([a0, a1, a2, a3]);
+        let m = u32::from_be_bytes([m0, m1, m2, m3]);
         let created = nix::fcntl::openat(
             &dfd,
             name.as_c_str(),
