@@ -32,8 +32,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Removes leftovers of interrupted `write_atomic` calls in `dir`.
 pub fn remove_stale_tmp_files(dir: &Path) -> Result<usize> {
-    warren_durable::remove_stale_tmp_files(dir)
-        .map_err(Error::io(format!("remove stale temporary files in {}", dir.display())))
+    warren_durable::remove_stale_tmp_files(dir).map_err(Error::io(format!(
+        "remove stale temporary files in {}",
+        dir.display()
+    )))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use csi_proto::v1::node_server::NodeServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use warren_controller::{ControllerService, NfsVolumes, Nodes, Records};
-use warren_core::endpoint::{bind_unix, Endpoint};
+use warren_core::endpoint::{bind_unix, grpc_connections, Endpoint};
 use warren_core::identity::IdentityService;
 use warren_core::validate::validate_node_id;
 use warren_core::{agent, Error, Result};
@@ -379,10 +379,7 @@ async fn serve_until(
                 "serving CSI"
             );
             let served = router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
+                .serve_with_incoming_shutdown(grpc_connections(listener), shutdown)
                 .await;
             let _ = std::fs::remove_file(&path);
             served

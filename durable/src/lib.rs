@@ -95,14 +95,21 @@ mod tests {
     #[test]
     fn stale_temporaries_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(format!("{TMP_PREFIX}meta.json-42")), b"torn").unwrap();
+        fs::write(
+            dir.path().join(format!("{TMP_PREFIX}meta.json-42")),
+            b"torn",
+        )
+        .unwrap();
         fs::write(dir.path().join("meta.json"), b"whole").unwrap();
         fs::create_dir(dir.path().join(format!("{TMP_PREFIX}dir"))).unwrap();
         assert_eq!(remove_stale_tmp_files(dir.path()).unwrap(), 1);
         assert!(dir.path().join("meta.json").exists());
         // Directories are not write_atomic's: left for whoever made them.
         assert!(dir.path().join(format!("{TMP_PREFIX}dir")).exists());
-        assert_eq!(remove_stale_tmp_files(&dir.path().join("missing")).unwrap(), 0);
+        assert_eq!(
+            remove_stale_tmp_files(&dir.path().join("missing")).unwrap(),
+            0
+        );
     }
 
     #[test]

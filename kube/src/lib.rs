@@ -8,7 +8,6 @@
 //!   services (the edge mode's sidecar-free provisioner, resizer and deleter).
 //! - `discovery`: the standard mode's controller finds the nodes' agents from Node
 //!   objects.
-//! - `authority`: lets the kubelet's plugin watcher talk to a tonic server.
 //! - `lease`: leader election on a coordination.k8s.io Lease, for what no node owns:
 //!   where an Immediate-binding volume goes, and every step of NFS volumes (which live
 //!   on a server all nodes reach) and their snapshots.
@@ -17,9 +16,6 @@
 // a panic): outside tests, values are checked once and passed on typed.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-// Being moved into the core by the lead, who applies the panic policy to it there.
-#[cfg_attr(not(test), allow(clippy::unwrap_used, clippy::expect_used))]
-pub mod authority;
 pub mod claims;
 pub mod discovery;
 pub mod edge;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::authority;
+use warren_core::endpoint::grpc_connections;
 use crate::error::{Error, Result};
 use crate::proto::registration_server::{Registration, RegistrationServer};
 use crate::proto::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
@@ -102,7 +102,7 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
     let served = tonic::transport::Server::builder()
         .add_service(RegistrationServer::new(registration))
-        .serve_with_incoming_shutdown(filtered_connections(listener), async move {
+        .serve_with_incoming_shutdown(grpc_connections(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
@@ -110,29 +110,3 @@ pub async fn serve(
     served.map_err(|e| Error::Invalid(format!("registration server: {e}")))
 }
 
-/// The listener's connections, each read through an `AuthorityFilter` (see
-/// `authority`): tonic serves the inner end of an in-memory pipe per connection.
-fn filtered_connections(
-    listener: tokio::net::UnixListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::io::DuplexStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let next = match listener.accept().await {
-            Ok((conn, _)) => {
-                let (inner, outer) = tokio::io::duplex(64 * 1024);
-                let (client_read, mut client_write) = conn.into_split();
-                let (mut server_read, server_write) = tokio::io::split(outer);
-                tokio::spawn(async move {
-                    if let Err(e) = authority::filter_connection(client_read, server_write).await {
-                        tracing::warn!(error = %e, "registration connection refused");
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                });
-                Ok(inner)
-            }
-            Err(e) => Err(e),
-        };
-        Some((next, listener))
-    })
-}

@@ -1,13 +1,16 @@
-//! The kubelet's plugin watcher dials a registration socket by its bare path, and grpc-go
-//! then sends that path as the HTTP/2 `:authority` of every request. The h2 crate under
-//! tonic refuses such a request (a path is not a URI authority) with RST_STREAM
-//! PROTOCOL_ERROR, and the kubelet never registers the plugin (hyperium/h2#487 is open;
-//! Kubernetes fixed its CSI client with `localhost` in 1.26, not the plugin watcher).
+//! Many gRPC clients that dial a Unix socket send the socket's path as the HTTP/2
+//! `:authority` of every request: the kubelet's plugin watcher (grpc-go dialling a bare
+//! path), Python's grpcio (`unix:///path/csi.sock`), and others. The h2 crate under tonic
+//! refuses such a request (a path is not a URI authority) with RST_STREAM PROTOCOL_ERROR
+//! (hyperium/h2#487 is open), so the kubelet would never register the plugin and a user's
+//! own tools could not call the CSI socket.
 //!
-//! So each registration connection is read through `AuthorityFilter`: the client's header
-//! blocks are decoded (HPACK, with the connection's dynamic table) and encoded again with
-//! a `:authority` of `localhost` when the one sent is not a valid authority; every other
-//! frame, and everything the server sends back, passes byte for byte.
+//! So every connection to a Warren Unix socket is read through `AuthorityFilter`
+//! (`super::grpc_connections`): the client's header blocks are decoded (HPACK, with the
+//! connection's dynamic table) and encoded again with a `:authority` of `localhost` when
+//! the one sent is not a valid authority; every other frame, and everything the server
+//! sends back, passes byte for byte. Written by hand because no crate offers it: h2 has
+//! no switch for it, and the HPACK codec itself comes from `fluke-hpack`.
 
 use std::borrow::Cow;
 
@@ -18,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::{Error, Result};
 
 fn malformed(what: &str) -> Error {
-    Error::Invalid(format!("HTTP/2 from the kubelet: {what}"))
+    Error::InvalidArgument(format!("HTTP/2 from a client: {what}"))
 }
 
 /// What every HTTP/2 client sends first.

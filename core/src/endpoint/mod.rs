@@ -1,5 +1,8 @@
 //! The CSI endpoint: `unix:///path/csi.sock` (what kubelet and the sidecars use) or
-//! `tcp://host:port` (for tests and debugging only).
+//! `tcp://host:port` (for tests and debugging only); and serving gRPC on a Unix socket
+//! so that any client can call it (`grpc_connections`, see `authority`).
+
+mod authority;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -77,6 +80,35 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(Error::io(format!("chmod {}", path.display())))?;
     Ok(listener)
+}
+
+/// The listener's connections for a tonic server (`serve_with_incoming*`), each read
+/// through an `AuthorityFilter` so that clients sending a socket path as `:authority`
+/// are served (see `authority`): tonic serves the inner end of an in-memory pipe per
+/// connection, and two tasks copy the bytes between it and the socket.
+pub fn grpc_connections(
+    listener: tokio::net::UnixListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::io::DuplexStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let next = match listener.accept().await {
+            Ok((conn, _)) => {
+                let (inner, outer) = tokio::io::duplex(64 * 1024);
+                let (client_read, mut client_write) = conn.into_split();
+                let (mut server_read, server_write) = tokio::io::split(outer);
+                tokio::spawn(async move {
+                    if let Err(e) = authority::filter_connection(client_read, server_write).await {
+                        tracing::warn!(error = %e, "gRPC connection on a Unix socket refused");
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                Ok(inner)
+            }
+            Err(e) => Err(e),
+        };
+        Some((next, listener))
+    })
 }
 
 #[cfg(test)]
