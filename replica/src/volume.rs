@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use warren_durable::write_atomic;
 
 use crate::bitmap::{regions_for, regions_of, RegionBitmap};
-use warren_durable::write_atomic;
 use crate::error::{Error, Result};
 use crate::target::check_range;
 use crate::writeback::EarlyWriteback;
