@@ -2,6 +2,8 @@
 
 mod meta;
 mod store;
+mod usage;
 
 pub use meta::{payload, Dirs, SnapshotMeta, VolumeMeta, DATA, IMAGE, META};
 pub use store::LocalStore;
+pub use usage::{volume_usage, VolumeUsage};
