@@ -21,15 +21,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use ganesha::{Pseudo, Server};
+use warren_test_support::skip;
 
 const VERSIONS: [&str; 2] = ["4.1", "3"];
-
-fn skip(variable: &str, why: &str) {
-    if std::env::var(variable).as_deref() == Ok("1") {
-        panic!("{variable}=1 but {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-}
 
 /// The guest's script: for each version, start `warren all`, run csi-sanity against it,
 /// print the summary and the exit code, stop Warren.

@@ -134,11 +134,7 @@ fn a_replicated_volume_is_a_block_device_that_survives_a_replica_kill() {
         None
     };
     if let Some(why) = unavailable {
-        if std::env::var("WARREN_REQUIRE_FUSE").as_deref() == Ok("1") {
-            panic!("{why}, and WARREN_REQUIRE_FUSE=1");
-        }
-        eprintln!("SKIPPED: {why}");
-        return;
+        return warren_test_support::skip("WARREN_REQUIRE_FUSE", why);
     }
     let tmp = tempfile::Builder::new()
         .prefix("warren-frontend-")

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use warren_test_support::skip;
 
 /// csi-sanity's `--ginkgo.skip` patterns. Empty: csi-sanity already skips, by itself, every
 /// spec for a capability Warren does not advertise (see sanity-tests/README.md), and
@@ -142,14 +143,21 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .expect("start warren")
 }
 
-/// Runs one csi-sanity cell; panics with csi-sanity's summary on failure.
-pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str) {
+/// Runs one csi-sanity cell; panics with csi-sanity's summary on failure, or when fewer
+/// than `min_specs` specs ran (a run that executes nothing must not pass: a flag that
+/// skips too much, or a capability lost by mistake, shows up here).
+pub fn run_cell(
+    name: &str,
+    processes: Processes,
+    parameters: &str,
+    access: &str,
+    min_specs: usize,
+) {
     let Some(sanity) = csi_sanity() else {
-        if std::env::var("WARREN_REQUIRE_SANITY").as_deref() == Ok("1") {
-            panic!("csi-sanity is not installed (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@{CSI_SANITY_VERSION})");
-        }
-        println!("SKIPPED {name}: csi-sanity not installed (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@{CSI_SANITY_VERSION})");
-        return;
+        return skip(
+            "WARREN_REQUIRE_SANITY",
+            &format!("csi-sanity is not installed (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@{CSI_SANITY_VERSION})"),
+        );
     };
     // A real disk directory, not tmpfs: thick images use fallocate.
     let base = target_dir().join("sanity");
@@ -299,6 +307,19 @@ pub fn run_cell(name: &str, processes: Processes, parameters: &str, access: &str
             .join("\n");
         panic!("csi-sanity failed for {name} (full output: {}):\n{tail}\n--- warren log tail ---\n{logs}", report.display());
     }
+    let ran = specs_ran(&text);
+    assert!(
+        ran.is_some_and(|n| n >= min_specs),
+        "csi-sanity {name} ran {ran:?} specs, expected at least {min_specs} (full output: {})",
+        report.display()
+    );
     drop(cleanup);
     drop(tmp);
+}
+
+/// N from csi-sanity's (ginkgo's) `Ran N of M Specs in ...` line.
+pub fn specs_ran(output: &str) -> Option<usize> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
 }

@@ -38,10 +38,10 @@ pub fn available() -> bool {
     let Some(why) = missing() else {
         return true;
     };
-    if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-        panic!("kernel lab required (WARREN_REQUIRE_KERNEL_LAB=1) but unavailable: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
+    warren_test_support::skip(
+        "WARREN_REQUIRE_KERNEL_LAB",
+        &format!("the kernel lab is unavailable: {why}"),
+    );
     false
 }
 

@@ -14,10 +14,7 @@ pub const MOUNT_PORT: u16 = 20048;
 
 /// Says why a test cannot run here; panics instead when WARREN_REQUIRE_GANESHA=1.
 pub fn missing(what: &str) -> bool {
-    if std::env::var("WARREN_REQUIRE_GANESHA").as_deref() == Ok("1") {
-        panic!("WARREN_REQUIRE_GANESHA=1 but {what}");
-    }
-    eprintln!("SKIPPED: {what}");
+    warren_test_support::skip("WARREN_REQUIRE_GANESHA", what);
     true
 }
 
