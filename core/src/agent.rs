@@ -39,9 +39,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Json> {
         .map_err(|e| Error::Internal(format!("agent encode: {e}")))
 }
 
+/// A message on the agent channel that does not decode is not the CO's bad input: the
+/// controller and the node disagree about the protocol (different versions, or a bug), so
+/// it is INTERNAL, never INVALID_ARGUMENT (which would tell the CO not to retry its call).
 fn decode<T: DeserializeOwned>(json: &Json) -> Result<T> {
-    serde_json::from_slice(&json.body)
-        .map_err(|e| Error::InvalidArgument(format!("agent decode: {e}")))
+    serde_json::from_slice(&json.body).map_err(|e| {
+        Error::Internal(format!(
+            "agent message does not decode (controller and node versions differ?): {e}"
+        ))
+    })
 }
 
 /// Checks the bearer token on every incoming call.
@@ -232,5 +238,19 @@ impl NodeStorage for RemoteNodeStorage {
     }
     async fn capacity(&self, layout: Layout) -> Result<Capacity> {
         remote_call!(self, capacity, layout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_does_not_decode_is_internal() {
+        let junk = Json {
+            body: b"{not json".to_vec(),
+        };
+        let err = decode::<VolumeId>(&junk).unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Internal);
     }
 }

@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 //! Warren's shared core: what the controller, the node plugin and the `warren` binary all
 //! need. See docs/design.md for how the parts fit together.
 

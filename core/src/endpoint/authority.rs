@@ -101,7 +101,9 @@ impl AuthorityFilter {
         if flags & END_HEADERS == 0 {
             return Ok(Vec::new());
         }
-        let pending = self.pending.take().expect("a header block is pending");
+        let Some(pending) = self.pending.take() else {
+            return Err(malformed("END_HEADERS outside a header block"));
+        };
         let block = self.rewrite_block(&pending.block)?;
         Ok(frames_for_block(pending.stream, pending.end_stream, &block))
     }
@@ -173,6 +175,7 @@ fn frames_for_block(stream: u32, end_stream: bool, block: &[u8]) -> Vec<u8> {
 
 /// "Literal header field without indexing, new name" (RFC 7541 6.2.2), plain strings: the
 /// server's HPACK table never changes, so nothing about it can go out of step.
+#[allow(clippy::expect_used)] // encoding into a Vec cannot fail: it has no I/O to fail
 fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.push(0);
     for string in [name, value] {
