@@ -139,3 +139,6 @@ fn conflict_is_false<T>(result: kube::Result<T>) -> Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests;

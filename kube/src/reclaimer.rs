@@ -95,3 +95,6 @@ async fn release_finalizer(api: &Api<PersistentVolume>, volume: &PersistentVolum
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests;

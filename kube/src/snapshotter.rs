@@ -322,3 +322,6 @@ async fn record<C>(
         tracing::debug!(error = %e, "could not record an event");
     }
 }
+
+#[cfg(test)]
+mod tests;

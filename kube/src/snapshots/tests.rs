@@ -4,37 +4,9 @@ use serde_json::json;
 
 use super::*;
 use crate::test_support::fixtures::{
-    claim, nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE,
+    bound_claim, claim, nfs_volume, share_volume, snapshot_class as class, volume,
+    volume_snapshot as snapshot, NFS_HANDLE, SHARE_HANDLE,
 };
-
-fn snapshot(extra: serde_json::Value) -> DynamicObject {
-    let mut object = json!({
-        "apiVersion": "snapshot.storage.k8s.io/v1",
-        "kind": "VolumeSnapshot",
-        "metadata": {"name": "snap", "namespace": "default", "uid": "77"},
-        "spec": {"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "warren"},
-    });
-    object
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    serde_json::from_value(object).unwrap()
-}
-
-fn class(driver: &str, default: bool) -> DynamicObject {
-    serde_json::from_value(json!({
-        "apiVersion": "snapshot.storage.k8s.io/v1",
-        "kind": "VolumeSnapshotClass",
-        "metadata": {"name": "warren", "annotations": {DEFAULT_CLASS: default.to_string()}},
-        "driver": driver,
-        "deletionPolicy": "Retain",
-    }))
-    .unwrap()
-}
-
-fn bound_claim() -> PersistentVolumeClaim {
-    claim(json!({}), json!({"volumeName": "pvc-1234"}))
-}
 
 #[test]
 fn the_source_volumes_node_takes_the_snapshot() {

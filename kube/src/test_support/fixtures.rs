@@ -3,9 +3,11 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::core::DynamicObject;
 use serde_json::json;
 
 use crate::claims::PROVISIONED_BY;
+use crate::snapshots::DEFAULT_CLASS;
 use crate::{DRIVER, TOPOLOGY_KEY};
 
 pub fn class(binding: &str, expand: bool) -> StorageClass {
@@ -108,6 +110,39 @@ pub fn nfs_volume(size: &str) -> PersistentVolume {
             "csi": {"driver": DRIVER, "volumeHandle": NFS_HANDLE},
             "persistentVolumeReclaimPolicy": "Delete",
         },
+    }))
+    .unwrap()
+}
+
+/// A claim bound to the PV `pvc-1234` (the fixtures' volumes).
+pub fn bound_claim() -> PersistentVolumeClaim {
+    claim(json!({}), json!({"volumeName": "pvc-1234"}))
+}
+
+/// The VolumeSnapshot `default/snap` (uid 77) of the claim `data`, in class `warren`;
+/// `extra` replaces whole top-level fields.
+pub fn volume_snapshot(extra: serde_json::Value) -> DynamicObject {
+    let mut object = json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": "snap", "namespace": "default", "uid": "77"},
+        "spec": {"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "warren"},
+    });
+    object
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(object).unwrap()
+}
+
+/// The VolumeSnapshotClass `warren` of `driver`, deletion policy Retain.
+pub fn snapshot_class(driver: &str, default: bool) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotClass",
+        "metadata": {"name": "warren", "annotations": {DEFAULT_CLASS: default.to_string()}},
+        "driver": driver,
+        "deletionPolicy": "Retain",
     }))
     .unwrap()
 }

@@ -9,10 +9,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 
-use super::capabilities;
-use super::provision::create_parameters;
-use super::pv_object::{node_affinity, volume_object};
 use crate::claims::{self, decide, ClaimAction, Provision, SELECTED_NODE};
+use crate::provisioner::capabilities;
+use crate::provisioner::provision::create_parameters;
+use crate::provisioner::pv_object::{node_affinity, volume_object};
 use crate::test_support::fixtures::{
     claim, class, nfs_class, share_class, NFS_HANDLE, SHARE_HANDLE,
 };
