@@ -11,7 +11,7 @@ use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 use warren_core::capability::{parse_capability, parse_shared_capability, Access, Requested};
-use warren_core::ids::VolumeId;
+use warren_core::ids::{IdKind, VolumeId};
 use warren_core::lock::KeyedLocks;
 use warren_core::params::{CONTEXT_FS_TYPE, CONTEXT_SHARE};
 use warren_core::TOPOLOGY_KEY;
@@ -78,20 +78,31 @@ impl NodeService {
         Ok((id, path))
     }
 
-    /// The volume a node request names: an NFS volume by its `nfs#` ID, else a local
+    /// The volume a node request names, told by the ID's kind: an NFS volume, else a local
     /// one, of this node or of another.
     fn target(&self, raw: &str) -> Result<Target, Status> {
-        if NfsVolumeId::is_nfs(raw) {
-            return NfsVolumeId::parse(raw)
+        match IdKind::of(raw) {
+            Some(IdKind::NfsVolume) => NfsVolumeId::parse(raw)
                 .map(Target::Nfs)
-                .map_err(|e| Status::not_found(format!("no such volume: {e}")));
+                .map_err(|e| Status::not_found(format!("no such volume: {e}"))),
+            // Only a volume ID names a volume: any other kind (a snapshot, a replicated
+            // volume Warren does not make yet) or none at all is refused by the local
+            // volume parser, whose message says what is wrong with it.
+            Some(
+                IdKind::LocalVolume
+                | IdKind::LocalSnapshot
+                | IdKind::NfsSnapshot
+                | IdKind::Replicated,
+            )
+            | None => {
+                let id = volume_id(raw)?;
+                Ok(if id.node == self.store.node_id() {
+                    Target::Local(id)
+                } else {
+                    Target::Remote(id)
+                })
+            }
         }
-        let id = volume_id(raw)?;
-        Ok(if id.node == self.store.node_id() {
-            Target::Local(id)
-        } else {
-            Target::Remote(id)
-        })
     }
 
     /// Runs blocking work on a volume mounted over NFS, under its lock (by ID: it has no
@@ -124,6 +135,27 @@ impl NodeService {
             .await
             .map_err(|e| Status::internal(format!("node task failed: {e}")))?
             .map_err(Status::from)
+    }
+
+    /// NodeStageVolume of a volume this node holds.
+    async fn stage_local(
+        &self,
+        id: VolumeId,
+        staging: PathBuf,
+        mut cap: Requested,
+        req: &NodeStageVolumeRequest,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
+        if let (Access::Mount { fs_type, .. }, Some(default)) =
+            (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
+        {
+            if fs_type.is_empty() {
+                *fs_type = default.clone();
+            }
+        }
+        self.locked(id, move |s, id| s.stage(id, &staging, &cap))
+            .await?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
     }
 }
 
@@ -191,7 +223,7 @@ impl Node for NodeService {
             return Err(Status::invalid_argument("volume_id is required"));
         }
         let target = self.target(&req.volume_id);
-        let mut cap = match &target {
+        let cap = match &target {
             Ok(t) => capability(t, req.volume_capability.as_ref(), &req.volume_context)?,
             Err(_) => parse_capability(required(
                 "volume_capability",
@@ -199,28 +231,14 @@ impl Node for NodeService {
             )?)
             .map_err(Status::from)?,
         };
-        let request = match &target {
-            Ok(Target::Nfs(id)) => {
-                Some(NfsStager::nfs_request(id, &req.volume_context, &cap).map_err(Status::from)?)
+        let request = match target? {
+            Target::Nfs(id) => {
+                NfsStager::nfs_request(&id, &req.volume_context, &cap).map_err(Status::from)?
             }
-            Ok(Target::Remote(id)) => Some(share_request(id, &req.volume_context, &cap)?),
-            _ => None,
+            Target::Remote(id) => share_request(&id, &req.volume_context, &cap)?,
+            Target::Local(id) => return self.stage_local(id, staging, cap, &req).await,
         };
-        if let Some(request) = request {
-            self.nfs_locked(req.volume_id, move |n| n.stage(&request, &staging))
-                .await?;
-            return Ok(Response::new(NodeStageVolumeResponse {}));
-        }
-        // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
-        if let (Access::Mount { fs_type, .. }, Some(default)) =
-            (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
-        {
-            if fs_type.is_empty() {
-                *fs_type = default.clone();
-            }
-        }
-        let id = volume_id(&req.volume_id)?;
-        self.locked(id, move |s, id| s.stage(id, &staging, &cap))
+        self.nfs_locked(req.volume_id, move |n| n.stage(&request, &staging))
             .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
@@ -426,5 +444,79 @@ impl Node for NodeService {
                 )]),
             }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loopdev::LoopDevices;
+    use crate::mounter::SystemMounter;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn service(dir: &std::path::Path) -> NodeService {
+        let store = LocalStore::open("n1", &dir.join("store"), Arc::new(LoopDevices)).unwrap();
+        NodeService::new(
+            store,
+            Arc::new(SystemMounter),
+            dir.join("kubelet"),
+            Deadlines::default(),
+        )
+    }
+
+    fn refused(service: &NodeService, raw: &str) -> Status {
+        match service.target(raw) {
+            Ok(_) => panic!("{raw:?} was taken as a volume"),
+            Err(status) => status,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_id_kind_picks_the_parser() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let here = format!("local#image#n1#{KEY}");
+        assert!(matches!(service.target(&here), Ok(Target::Local(id)) if id.node == "n1"));
+        let there = format!("local#dir#n2#{KEY}");
+        assert!(matches!(service.target(&there), Ok(Target::Remote(id)) if id.node == "n2"));
+        let nfs = "nfs#10.0.0.5#/export#pvc-1#delete";
+        assert!(matches!(service.target(nfs), Ok(Target::Nfs(_))));
+
+        let empty = refused(&service, "");
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+        assert_eq!(empty.message(), "volume_id is required");
+        // A malformed NFS ID is told so by the NFS parser.
+        let bad_nfs = refused(&service, "nfs#10.0.0.5");
+        assert_eq!(bad_nfs.code(), tonic::Code::NotFound);
+        assert!(
+            bad_nfs
+                .message()
+                .starts_with("no such volume: malformed NFS volume id"),
+            "{}",
+            bad_nfs.message()
+        );
+        // Every other ID is refused by the local volume parser, with its reason.
+        for (raw, why) in [
+            (format!("snap#image#n1#{KEY}"), "wrong prefix"),
+            (format!("nfssnap#h#/s#{KEY}"), "wrong prefix"),
+            (
+                format!("replicated#x#{KEY}"),
+                "expected 4 '#'-separated parts",
+            ),
+            ("zfs#pool#vol".to_string(), "expected 4 '#'-separated parts"),
+            (format!("local#image#n1#{}", &KEY[1..]), "bad key"),
+        ] {
+            let status = refused(&service, &raw);
+            assert_eq!(status.code(), tonic::Code::NotFound, "{raw}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("no such volume: malformed volume id")
+                    && status.message().ends_with(why),
+                "{raw}: {}",
+                status.message()
+            );
+        }
     }
 }
