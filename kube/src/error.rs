@@ -1,4 +1,4 @@
-//! The cluster crate's one error type.
+//! warren-kube's one error type.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

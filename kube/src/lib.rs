@@ -6,8 +6,12 @@
 //!   PersistentVolume asks of this node, from what is observed.
 //! - `provisioner`, `reclaimer`: carry those decisions out through Warren's own CSI
 //!   services (the edge mode's sidecar-free provisioner, resizer and deleter).
+//! - `snapshots`, `snapshotter`: the same pair for VolumeSnapshots (what the
+//!   snapshot-controller and csi-snapshotter do in a standard deployment).
+//! - `edge`: the edge mode's Kubernetes side wired together in the node process.
 //! - `discovery`: the standard mode's controller finds the nodes' agents from Node
 //!   objects.
+//! - `quantity`: Kubernetes storage quantities to bytes and back.
 //! - `lease`: leader election on a coordination.k8s.io Lease, for what no node owns:
 //!   where an Immediate-binding volume goes, and every step of NFS volumes (which live
 //!   on a server all nodes reach) and their snapshots.
