@@ -51,8 +51,13 @@ impl Token {
         Token::new(text.trim().as_bytes().to_vec())
     }
 
+    #[allow(clippy::expect_used)] // HMAC takes keys of any length: this cannot fail
+    fn keyed_hmac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("any key length")
+    }
+
     fn mac(&self, role: &[u8], client_nonce: &[u8], server_nonce: &[u8]) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("any key length");
+        let mut mac = self.keyed_hmac();
         mac.update(role);
         mac.update(client_nonce);
         mac.update(server_nonce);
@@ -60,7 +65,7 @@ impl Token {
     }
 
     fn verify(&self, role: &[u8], client_nonce: &[u8], server_nonce: &[u8], tag: &[u8]) -> bool {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("any key length");
+        let mut mac = self.keyed_hmac();
         mac.update(role);
         mac.update(client_nonce);
         mac.update(server_nonce);
@@ -137,14 +142,14 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         version: PROTOCOL_VERSION,
         nonce: hex(&client_nonce),
     };
-    write_frame(stream, &Frame::json(Kind::Hello, 0, &hello)).await?;
+    write_frame(stream, &Frame::json(Kind::Hello, 0, &hello)?).await?;
     let challenge: Hello = expect(stream, Kind::Challenge).await?.parse_json()?;
     let server_nonce = unhex(&challenge.nonce)?;
     let proof = Proof {
         nonce: String::new(),
         mac: hex(&token.mac(b"client", &client_nonce, &server_nonce)),
     };
-    write_frame(stream, &Frame::json(Kind::Auth, 0, &proof)).await?;
+    write_frame(stream, &Frame::json(Kind::Auth, 0, &proof)?).await?;
     let answer: Proof = expect(stream, Kind::AuthOk).await?.parse_json()?;
     if !token.verify(
         b"server",
@@ -179,7 +184,7 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         version: PROTOCOL_VERSION,
         nonce: hex(&server_nonce),
     };
-    write_frame(stream, &Frame::json(Kind::Challenge, 0, &challenge)).await?;
+    write_frame(stream, &Frame::json(Kind::Challenge, 0, &challenge)?).await?;
     let proof: Proof = expect(stream, Kind::Auth).await?.parse_json()?;
     if !token.verify(b"client", &client_nonce, &server_nonce, &unhex(&proof.mac)?) {
         let error = Error::Unauthenticated("wrong token".into());
@@ -190,7 +195,7 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         nonce: String::new(),
         mac: hex(&token.mac(b"server", &client_nonce, &server_nonce)),
     };
-    write_frame(stream, &Frame::json(Kind::AuthOk, 0, &answer)).await?;
+    write_frame(stream, &Frame::json(Kind::AuthOk, 0, &answer)?).await?;
     Ok(())
 }
 

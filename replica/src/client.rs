@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::messages::{GenerationChange, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, BodyCrc, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
@@ -92,12 +93,12 @@ impl ReplicaClient {
             let (pending, failed) = (pending.clone(), failed.clone());
             tokio::spawn(async move {
                 while let Ok(Some(frame)) = read_frame(&mut read_half).await {
-                    if let Some(tx) = pending.lock().unwrap().remove(&frame.request_id) {
+                    if let Some(tx) = lock(&pending).remove(&frame.request_id) {
                         let _ = tx.send(frame);
                     }
                 }
                 failed.store(true, Ordering::Release);
-                pending.lock().unwrap().clear(); // wakes every waiter with an error
+                lock(&pending).clear(); // wakes every waiter with an error
             })
         };
         Ok(ReplicaClient {
@@ -163,10 +164,10 @@ impl ReplicaClient {
                     if frame.kind == Kind::Open {
                         let volume = service.open(frame.parse_json()?, *session).await?;
                         let state = volume.state();
-                        *open.lock().unwrap() = Some(volume);
-                        return Ok(Frame::json(Kind::Reply, 0, &state));
+                        *lock(open) = Some(volume);
+                        return Frame::json(Kind::Reply, 0, &state);
                     }
-                    let volume = open.lock().unwrap().clone().ok_or_else(|| {
+                    let volume = lock(open).clone().ok_or_else(|| {
                         Error::InvalidArgument("no volume is open in this session".into())
                     })?;
                     serve_in_process(&volume, *session, frame).await
@@ -192,7 +193,7 @@ impl ReplicaClient {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         frame.request_id = id;
         let (tx, rx) = oneshot::channel();
-        pending.lock().unwrap().insert(id, tx);
+        lock(pending).insert(id, tx);
         let exchange = async {
             requests
                 .send(frame.into())
@@ -203,7 +204,7 @@ impl ReplicaClient {
         let reply = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
-                pending.lock().unwrap().remove(&id);
+                lock(pending).remove(&id);
                 self.failed.store(true, Ordering::Release);
                 return Err(match e {
                     Error::Unavailable(_) => e,
@@ -213,7 +214,7 @@ impl ReplicaClient {
             Err(_) => {
                 // A replica that does not answer in time is treated as gone: the engine
                 // cuts it out rather than letting the volume hang behind it.
-                pending.lock().unwrap().remove(&id);
+                lock(pending).remove(&id);
                 self.failed.store(true, Ordering::Release);
                 return Err(self.unavailable("request timed out"));
             }
@@ -234,7 +235,7 @@ impl ReplicaClient {
             size,
             create,
         };
-        self.call(Frame::json(Kind::Open, 0, &request))
+        self.call(Frame::json(Kind::Open, 0, &request)?)
             .await?
             .parse_json()
     }
@@ -251,7 +252,7 @@ impl ReplicaClient {
             gen,
             members: members.to_vec(),
         };
-        self.call(Frame::json(Kind::Commit, 0, &change))
+        self.call(Frame::json(Kind::Commit, 0, &change)?)
             .await?
             .parse_json()
     }
@@ -267,7 +268,7 @@ impl ReplicaClient {
             gen,
             members: members.to_vec(),
         };
-        self.call(Frame::json(Kind::BeginRebuild, 0, &change))
+        self.call(Frame::json(Kind::BeginRebuild, 0, &change)?)
             .await?
             .parse_json()
     }

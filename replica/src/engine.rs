@@ -25,6 +25,7 @@ use crate::auth::Token;
 use crate::bitmap::{regions_for, RegionBitmap, REGION_SIZE};
 use crate::client::ReplicaClient;
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::plan::{plan_start, Observation};
 use crate::server::ReplicaService;
 
@@ -220,7 +221,7 @@ impl Engine {
     /// every region any of them marked from the primary to the others before serving.
     async fn resync(&self) -> Result<()> {
         let membership = self.membership.write().await;
-        let primary = self.primary(&membership).clone();
+        let primary = self.primary(&membership)?.clone();
         let regions = regions_for(self.config.size);
         let union = RegionBitmap::new(regions);
         for member in &membership.members {
@@ -254,13 +255,20 @@ impl Engine {
         (offset, REGION_SIZE.min(self.config.size - offset))
     }
 
-    /// The member reads prefer: the local replica when it is a member.
-    pub(crate) fn primary<'a>(&self, membership: &'a Membership) -> &'a Arc<ReplicaClient> {
+    /// The member reads prefer: the local replica when it is a member, else the first.
+    /// Fails when no member is left: the last one was cut out (and the volume failed)
+    /// while the caller waited for the membership lock.
+    pub(crate) fn primary<'a>(&self, membership: &'a Membership) -> Result<&'a Arc<ReplicaClient>> {
         self.config
             .local
             .as_ref()
             .and_then(|local| membership.members.iter().find(|m| m.replica == *local))
-            .unwrap_or(&membership.members[0])
+            .or_else(|| membership.members.first())
+            .ok_or_else(|| self.no_member_left())
+    }
+
+    pub(crate) fn no_member_left(&self) -> Error {
+        Error::Unavailable(format!("volume {} has no member left", self.config.volume))
     }
 
     pub async fn status(&self) -> EngineStatus {
@@ -273,13 +281,13 @@ impl Engine {
                 .iter()
                 .map(|r| r.replica.clone())
                 .collect(),
-            failed: self.failure.lock().unwrap().clone(),
-            last_rebuild: *self.last_rebuild.lock().unwrap(),
+            failed: lock(&self.failure).clone(),
+            last_rebuild: *lock(&self.last_rebuild),
         }
     }
 
     fn check_failed(&self) -> Result<()> {
-        match &*self.failure.lock().unwrap() {
+        match &*lock(&self.failure) {
             Some(why) => Err(Error::Unavailable(format!(
                 "volume {} has failed: {why}",
                 self.config.volume
@@ -290,7 +298,7 @@ impl Engine {
 
     pub(crate) fn fail(&self, why: String) {
         tracing::error!(volume = %self.config.volume, reason = %why, "volume engine failed");
-        self.failure.lock().unwrap().get_or_insert(why);
+        lock(&self.failure).get_or_insert(why);
     }
 
     /// Cuts `failed` members (and rebuild targets) out of generation `seen_gen`. Called
@@ -299,14 +307,9 @@ impl Engine {
     /// may then acknowledge what the rest hold.
     pub(crate) async fn cut_out(&self, seen_gen: u64, failed: Vec<(String, Error)>) {
         let mut membership = self.membership.write().await;
-        if failed.iter().any(|(_, e)| matches!(e, Error::Fenced(_))) {
+        if let Some((id, e)) = failed.iter().find(|(_, e)| matches!(e, Error::Fenced(_))) {
             // A replica is ahead of us: another engine has taken the volume over.
-            let why = failed
-                .iter()
-                .find(|(_, e)| matches!(e, Error::Fenced(_)))
-                .map(|(id, e)| format!("{id}: {e}"))
-                .unwrap();
-            self.fail(format!("fenced by a newer engine ({why})"));
+            self.fail(format!("fenced by a newer engine ({id}: {e})"));
             return;
         }
         let mut failed_ids: Vec<String> = failed.into_iter().map(|(id, _)| id).collect();
@@ -373,7 +376,7 @@ impl Engine {
             member.close(membership.gen).await?;
         }
         drop(membership);
-        self.failure.lock().unwrap().get_or_insert("closed".into());
+        lock(&self.failure).get_or_insert("closed".into());
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use crate::bitmap::{regions_for, RegionBitmap};
 use crate::client::ReplicaClient;
 use crate::engine::{open_replica, Engine, ReplicaAddress};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::plan::{plan_rebuild, RebuildPlan};
 
 /// Regions copied at once: enough to keep both replicas' disks and the network busy.
@@ -47,7 +48,7 @@ pub(crate) async fn heal_loop(engine: Arc<Engine>) {
             }
             match rebuild(&engine, &address).await {
                 Ok(stats) => {
-                    *engine.last_rebuild.lock().unwrap() = Some(stats);
+                    *lock(&engine.last_rebuild) = Some(stats);
                     tracing::info!(
                     volume = %engine.config.volume,
                     replica = %address.replica,
@@ -106,7 +107,7 @@ pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<R
     {
         return Err(Error::Busy(format!("{} is not absent", address.replica)));
     }
-    let source = engine.primary(&membership).clone();
+    let source = engine.primary(&membership)?.clone();
     let (since, source_bits) = source.bitmap().await?;
     let (_, target_bits) = target.bitmap().await?;
     let plan = plan_rebuild(regions, since, &source_bits, Some((&state, &target_bits)));
@@ -191,7 +192,7 @@ async fn copy_region(
             return Err(Error::Unavailable("the rebuild target was cut out".into()));
         }
         let gen = membership.gen;
-        let source = engine.primary(&membership).clone();
+        let source = engine.primary(&membership)?.clone();
         let data = match source.read(gen, offset, len as usize).await {
             Ok(data) => data,
             Err(e) => {

@@ -1,4 +1,5 @@
 //! Warren's replication engine. See docs/design.md, "Replicated block volumes".
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
 pub mod frontend;
@@ -12,6 +13,7 @@ pub mod bitmap;
 pub mod client;
 pub mod engine;
 pub mod heal;
+mod locks;
 pub mod messages;
 pub mod names;
 mod nowait;

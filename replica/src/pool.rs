@@ -11,6 +11,8 @@ use std::sync::{LazyLock, Mutex};
 
 use bytes::Bytes;
 
+use crate::locks::lock;
+
 /// Bodies smaller than this come from malloc, which reuses small chunks well.
 pub const POOLED_MIN: usize = 64 << 10;
 /// What the pool keeps at most, over all its buffers (enough for a few connections'
@@ -43,7 +45,7 @@ impl BufferPool {
         if len < POOLED_MIN {
             return Vec::with_capacity(len);
         }
-        let mut free = self.free.lock().unwrap();
+        let mut free = lock(&self.free);
         if let Some(at) = free.iter().position(|b| b.capacity() >= len) {
             return free.swap_remove(at);
         }
@@ -61,7 +63,7 @@ impl BufferPool {
 
     fn give_back(&self, mut buffer: Vec<u8>) {
         buffer.clear();
-        let mut free = self.free.lock().unwrap();
+        let mut free = lock(&self.free);
         let held: usize = free.iter().map(Vec::capacity).sum();
         if held + buffer.capacity() <= self.max_bytes {
             free.push(buffer);
@@ -70,7 +72,7 @@ impl BufferPool {
 
     /// Bytes held for reuse now.
     pub fn pooled_bytes(&self) -> usize {
-        self.free.lock().unwrap().iter().map(Vec::capacity).sum()
+        lock(&self.free).iter().map(Vec::capacity).sum()
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
@@ -186,9 +186,12 @@ impl Frame {
         }
     }
 
-    pub fn json<T: serde::Serialize>(kind: Kind, request_id: u64, value: &T) -> Frame {
-        let body = serde_json::to_vec(value).expect("protocol types serialize");
-        Frame::request(kind, request_id, Bytes::from(body))
+    /// A frame with `value` as its JSON body. Fails only for a value JSON cannot hold (a
+    /// map with non-string keys, a failing `Serialize`); the protocol's messages are not.
+    pub fn json<T: serde::Serialize>(kind: Kind, request_id: u64, value: &T) -> Result<Frame> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| Error::Internal(format!("encode {kind:?} body: {e}")))?;
+        Ok(Frame::request(kind, request_id, Bytes::from(body)))
     }
 
     pub fn reply(request_id: u64, body: Bytes) -> Frame {
@@ -249,38 +252,45 @@ fn parse_header(raw: &[u8; HEADER_LEN]) -> Result<Header> {
 }
 
 fn parse_header_limited(raw: &[u8; HEADER_LEN], max_body: usize) -> Result<Header> {
-    let u32_at = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
-    let u64_at = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().unwrap());
-    if u32_at(0) != MAGIC {
-        return Err(Error::Protocol(format!("bad magic {:#x}", u32_at(0))));
+    // The fields fill the 40 bytes exactly; each is checked as soon as it is read.
+    let mut fields = &raw[..];
+    let magic = fields.get_u32_le();
+    if magic != MAGIC {
+        return Err(Error::Protocol(format!("bad magic {magic:#x}")));
     }
-    let kind = Kind::from_u8(raw[4])
-        .ok_or_else(|| Error::Protocol(format!("unknown frame kind {}", raw[4])))?;
-    let body_len = u32_at(32) as usize;
+    let kind_byte = fields.get_u8();
+    let kind = Kind::from_u8(kind_byte)
+        .ok_or_else(|| Error::Protocol(format!("unknown frame kind {kind_byte}")))?;
+    let flags = fields.get_u8();
+    let status = fields.get_u16_le();
+    let request_id = fields.get_u64_le();
+    let gen = fields.get_u64_le();
+    let offset = fields.get_u64_le();
+    let body_len = fields.get_u32_le() as usize;
     if body_len > max_body {
         return Err(Error::Protocol(format!(
             "frame body of {body_len} bytes exceeds {max_body}"
         )));
     }
+    let crc = fields.get_u32_le();
     Ok(Header {
         kind,
-        flags: raw[5],
-        status: u16::from_le_bytes([raw[6], raw[7]]),
-        request_id: u64_at(8),
-        gen: u64_at(16),
-        offset: u64_at(24),
+        flags,
+        status,
+        request_id,
+        gen,
+        offset,
         body_len,
-        crc: u32_at(36),
+        crc,
     })
 }
 
 /// Decodes one frame from the front of `buf` if it is complete: `Ok(None)` asks for more
 /// bytes. Used by the fuzz target and tests; the stream reader below shares the checks.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>> {
-    if buf.len() < HEADER_LEN {
+    let Some(raw) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
-    }
-    let raw: &[u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
+    };
     let header = parse_header(raw)?;
     let total = HEADER_LEN + header.body_len;
     if buf.len() < total {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{server_handshake, Token};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::messages::{GenerationChange, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, Frame, Kind, Outgoing, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
@@ -178,6 +179,7 @@ impl ReplicaService {
                         let state = volume.volume.state();
                         open = Some(volume);
                         Frame::json(Kind::Reply, id, &state)
+                            .unwrap_or_else(|e| Frame::error_reply(id, &e))
                     }
                     Err(e) => Frame::error_reply(id, &e),
                 };
@@ -240,7 +242,7 @@ impl ReplicaService {
                 request.size
             )));
         }
-        let existing = self.volumes.lock().unwrap().get(&request.volume).cloned();
+        let existing = lock(&self.volumes).get(&request.volume).cloned();
         let volume = match existing {
             Some(volume) if volume.volume.size() == request.size => volume,
             Some(volume) => {
@@ -259,7 +261,7 @@ impl ReplicaService {
                 })
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
-                let mut volumes = self.volumes.lock().unwrap();
+                let mut volumes = lock(&self.volumes);
                 // Two connections may race to open it: the first one's files win.
                 volumes
                     .entry(request.volume.clone())
@@ -289,8 +291,8 @@ fn cost(frame: &Frame) -> u32 {
     let bytes = match frame.kind {
         Kind::Read => frame
             .body
-            .get(..4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b) as usize)
             .unwrap_or(0)
             .min(MAX_IO),
         _ => frame.body.len(),
@@ -355,7 +357,7 @@ fn handle(open: &OpenVolume, session: u64, frame: Frame) -> Result<Frame> {
 
 fn execute(volume: &ReplicaVolume, frame: Frame) -> Result<Frame> {
     let ok = |body: Bytes| Ok(Frame::reply(0, body));
-    let json = |value: &crate::volume::ReplicaState| Ok(Frame::json(Kind::Reply, 0, value));
+    let json = |value: &crate::volume::ReplicaState| Frame::json(Kind::Reply, 0, value);
     match frame.kind {
         Kind::GetState => json(&volume.state()),
         Kind::Commit => {

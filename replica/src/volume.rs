@@ -29,6 +29,7 @@ use warren_durable::write_atomic;
 
 use crate::bitmap::{regions_for, regions_of, RegionBitmap};
 use crate::error::{Error, Result};
+use crate::locks::{lock, read, write};
 use crate::target::check_range;
 use crate::writeback::EarlyWriteback;
 
@@ -81,6 +82,13 @@ pub struct ReplicaVolume {
     nowait_writes: AtomicBool,
     /// Starts writing dirty data early, so a flush finds little left (writeback.rs).
     writeback: EarlyWriteback,
+}
+
+/// `meta.json`'s bytes. Strings, numbers and lists always encode; the error is only
+/// passed on so that no path here can panic.
+fn encode_state(state: &ReplicaState) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::Internal(format!("encode replica state: {e}")))
 }
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -174,33 +182,29 @@ impl ReplicaVolume {
             since: 0,
             clean: true,
         };
-        write_atomic(
-            &dir.join("meta.json"),
-            &serde_json::to_vec_pretty(&state).unwrap(),
-        )
-        .map_err(io_err("write", &dir.join("meta.json")))?;
+        write_atomic(&dir.join("meta.json"), &encode_state(&state)?)
+            .map_err(io_err("write", &dir.join("meta.json")))?;
         Ok(state)
     }
 
     pub fn state(&self) -> ReplicaState {
-        self.state.read().unwrap().clone()
+        read(&self.state).clone()
     }
 
     pub fn size(&self) -> u64 {
-        self.state.read().unwrap().size
+        read(&self.state).size
     }
 
     fn save(&self, state: &ReplicaState) -> Result<()> {
         let path = self.dir.join("meta.json");
-        write_atomic(&path, &serde_json::to_vec_pretty(state).unwrap())
-            .map_err(io_err("write", &path))
+        write_atomic(&path, &encode_state(state)?).map_err(io_err("write", &path))
     }
 
     /// Moves to generation `gen` with `members`, if this replica is still at `expect`.
     /// Being listed makes this replica in sync (the engine lists only replicas that hold
     /// all data); not being listed while not rebuilding leaves it out.
     pub fn commit(&self, expect: u64, gen: u64, members: Vec<String>) -> Result<ReplicaState> {
-        let mut state = self.state.write().unwrap();
+        let mut state = write(&self.state);
         if state.gen == gen && state.members == members {
             return Ok(state.clone()); // a retried commit
         }
@@ -231,7 +235,7 @@ impl ReplicaVolume {
         gen: u64,
         members: Vec<String>,
     ) -> Result<ReplicaState> {
-        let mut state = self.state.write().unwrap();
+        let mut state = write(&self.state);
         if state.gen != expect || gen < state.gen {
             return Err(Error::Fenced(format!(
                 "replica {} of {} is at generation {}, not {expect}",
@@ -256,7 +260,7 @@ impl ReplicaVolume {
     /// Forgets history up to `gen`: only when every replica of the volume is in sync at
     /// `gen` and no write is in flight (the engine guarantees both).
     pub fn checkpoint(&self, gen: u64) -> Result<()> {
-        let mut state = self.state.write().unwrap();
+        let mut state = write(&self.state);
         self.check_gen(&state, gen)?;
         if !state.in_sync() {
             return Err(Error::InvalidArgument(
@@ -273,7 +277,7 @@ impl ReplicaVolume {
 
     /// The engine closed the volume after a flush: nothing is in flight.
     pub fn close_clean(&self, gen: u64) -> Result<()> {
-        let mut state = self.state.write().unwrap();
+        let mut state = write(&self.state);
         self.check_gen(&state, gen)?;
         self.data.sync_data().map_err(io_err("sync", &self.dir))?;
         let mut next = state.clone();
@@ -304,7 +308,7 @@ impl ReplicaVolume {
         if regions.clone().all(|r| self.bitmap.test(r)) {
             return Ok(());
         }
-        let _guard = self.bitmap_write.lock().unwrap();
+        let _guard = lock(&self.bitmap_write);
         if regions.clone().all(|r| self.bitmap.test(r)) {
             return Ok(()); // another writer made them durable while we waited
         }
@@ -333,7 +337,7 @@ impl ReplicaVolume {
     }
 
     fn write_bitmap(&self) -> Result<()> {
-        let _guard = self.bitmap_write.lock().unwrap();
+        let _guard = lock(&self.bitmap_write);
         self.write_bitmap_bytes(&self.bitmap.to_bytes())
     }
 
@@ -346,12 +350,12 @@ impl ReplicaVolume {
     }
 
     pub fn bitmap(&self) -> (u64, Vec<u8>) {
-        let state = self.state.read().unwrap();
+        let state = read(&self.state);
         (state.since, self.bitmap.to_bytes())
     }
 
     pub fn read(&self, gen: u64, offset: u64, len: usize) -> Result<Bytes> {
-        let state = self.state.read().unwrap();
+        let state = read(&self.state);
         self.check_gen(&state, gen)?;
         check_range(state.size, offset, len as u64)?;
         let mut buf = vec![0u8; len];
@@ -406,7 +410,7 @@ impl ReplicaVolume {
     }
 
     pub fn write(&self, gen: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        let state = self.state.read().unwrap();
+        let state = read(&self.state);
         self.check_gen(&state, gen)?;
         check_range(state.size, offset, data.len() as u64)?;
         self.mark(offset, data.len() as u64)?;
@@ -421,7 +425,7 @@ impl ReplicaVolume {
     }
 
     pub fn discard(&self, gen: u64, offset: u64, len: u64) -> Result<()> {
-        let state = self.state.read().unwrap();
+        let state = read(&self.state);
         self.check_gen(&state, gen)?;
         check_range(state.size, offset, len)?;
         self.mark(offset, len)?;
@@ -429,7 +433,7 @@ impl ReplicaVolume {
     }
 
     pub fn flush(&self, gen: u64) -> Result<()> {
-        let state = self.state.read().unwrap();
+        let state = read(&self.state);
         self.check_gen(&state, gen)?;
         self.data.sync_data().map_err(io_err("sync", &self.dir))
     }

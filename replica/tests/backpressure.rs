@@ -30,7 +30,7 @@ async fn unread_replies_hold_at_most_the_connection_budget() {
         size: 8 * MIB as u64,
         create: true,
     };
-    write_frame(&mut stream, &Frame::json(Kind::Open, 1, &open))
+    write_frame(&mut stream, &Frame::json(Kind::Open, 1, &open).unwrap())
         .await
         .unwrap();
     assert_eq!(read_frame(&mut stream).await.unwrap().unwrap().status, 0);
@@ -39,7 +39,7 @@ async fn unread_replies_hold_at_most_the_connection_budget() {
         gen: 1,
         members: vec!["r0".into()],
     };
-    write_frame(&mut stream, &Frame::json(Kind::Commit, 2, &commit))
+    write_frame(&mut stream, &Frame::json(Kind::Commit, 2, &commit).unwrap())
         .await
         .unwrap();
     assert_eq!(read_frame(&mut stream).await.unwrap().unwrap().status, 0);

@@ -125,7 +125,7 @@ impl Server {
             size: SIZE,
             create: false,
         };
-        let reply = exchange(&mut stream, &Frame::json(Kind::Open, 77, &open)).await;
+        let reply = exchange(&mut stream, &Frame::json(Kind::Open, 77, &open).unwrap()).await;
         assert_eq!(reply.status, Status::Ok as u16, "{}", text(&reply));
         assert_eq!(reply.request_id, 77);
         stream
@@ -328,7 +328,7 @@ async fn unauthenticated_peers_are_refused_and_create_nothing() {
 
     // Requests without any handshake, each a well-formed frame.
     let requests = [
-        Frame::json(Kind::Open, 1, &open),
+        Frame::json(Kind::Open, 1, &open).unwrap(),
         read_req(2, 1, 0, 4096),
         at(Kind::Write, 3, 1, 0, vec![0xee; 4096]),
         Frame::json(
@@ -339,7 +339,8 @@ async fn unauthenticated_peers_are_refused_and_create_nothing() {
                 gen: 1,
                 members: vec![REPLICA.into()],
             },
-        ),
+        )
+        .unwrap(),
         Frame::request(Kind::GetState, 5, Bytes::new()),
         Frame::request(Kind::Reply, 6, Bytes::new()),
         Frame::request(
@@ -353,7 +354,7 @@ async fn unauthenticated_peers_are_refused_and_create_nothing() {
         send(&mut stream, &wire(request)).await;
         // Whatever follows is ignored too.
         let _ = stream
-            .write_all(&wire(&Frame::json(Kind::Open, 9, &open)))
+            .write_all(&wire(&Frame::json(Kind::Open, 9, &open).unwrap()))
             .await;
         closed_with_errors(&mut stream).await;
         bystander
@@ -373,7 +374,7 @@ async fn unauthenticated_peers_are_refused_and_create_nothing() {
             "{result:?}"
         );
         let _ = stream
-            .write_all(&wire(&Frame::json(Kind::Open, 1, &open)))
+            .write_all(&wire(&Frame::json(Kind::Open, 1, &open).unwrap()))
             .await;
         closed_with_errors(&mut stream).await;
         bystander.still_served("a wrong token").await;
@@ -833,7 +834,7 @@ async fn bad_requests_are_answered_with_errors_and_change_nothing() {
         };
         refused(
             &mut stream,
-            &Frame::json(Kind::Commit, next(), &change),
+            &Frame::json(Kind::Commit, next(), &change).unwrap(),
             Status::Fenced,
         )
         .await;
@@ -845,7 +846,7 @@ async fn bad_requests_are_answered_with_errors_and_change_nothing() {
     };
     refused(
         &mut stream,
-        &Frame::json(Kind::BeginRebuild, next(), &rebuild),
+        &Frame::json(Kind::BeginRebuild, next(), &rebuild).unwrap(),
         Status::Fenced,
     )
     .await;
@@ -871,7 +872,11 @@ async fn bad_requests_are_answered_with_errors_and_change_nothing() {
             size,
             create,
         };
-        let answer = exchange(&mut stream, &Frame::json(Kind::Open, next(), &open)).await;
+        let answer = exchange(
+            &mut stream,
+            &Frame::json(Kind::Open, next(), &open).unwrap(),
+        )
+        .await;
         assert_ne!(answer.status, Status::Ok as u16, "open {volume} {size}");
     }
     refused(

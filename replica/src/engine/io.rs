@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::{Engine, STRIPES};
+use super::{Engine, Membership, STRIPES};
 use crate::bitmap::regions_of;
 use crate::client::ReplicaClient;
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::protocol::{BodyCrc, MAX_IO};
 use crate::target::{check_range, BlockTarget};
 
@@ -96,7 +97,7 @@ impl Engine {
 
     async fn write_all(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         check_range(self.config.size, offset, data.len() as u64)?;
-        *self.last_write.lock().unwrap() = Instant::now();
+        *lock(&self.last_write) = Instant::now();
         self.written.store(true, Ordering::Release);
         let mut done = 0;
         while done < data.len() {
@@ -112,7 +113,7 @@ impl Engine {
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
-        self.last_write.lock().unwrap().elapsed()
+        lock(&self.last_write).elapsed()
     }
 
     async fn read_chunk(&self, offset: u64, len: usize) -> Result<Bytes> {
@@ -120,17 +121,7 @@ impl Engine {
             self.check_failed()?;
             let membership = self.membership.read().await;
             let gen = membership.gen;
-            let source = if self
-                .config
-                .local
-                .as_ref()
-                .is_some_and(|l| membership.members.iter().any(|m| m.replica == *l))
-            {
-                self.primary(&membership).clone()
-            } else {
-                let i = self.read_cursor.fetch_add(1, Ordering::Relaxed) as usize;
-                membership.members[i % membership.members.len()].clone()
-            };
+            let source = self.read_source(&membership)?;
             let result = source.read(gen, offset, len).await;
             drop(membership);
             match result {
@@ -139,6 +130,25 @@ impl Engine {
                 Err(e) => self.cut_out(gen, vec![(source.replica.clone(), e)]).await,
             }
         }
+    }
+
+    /// Where a read goes: the local replica when it is a member, else the members in turn.
+    fn read_source(&self, membership: &Membership) -> Result<Arc<ReplicaClient>> {
+        if self
+            .config
+            .local
+            .as_ref()
+            .is_some_and(|l| membership.members.iter().any(|m| m.replica == *l))
+        {
+            return self.primary(membership).cloned();
+        }
+        let members = &membership.members;
+        if members.is_empty() {
+            // The last member was cut out while this read waited for the lock.
+            return Err(self.no_member_left());
+        }
+        let i = self.read_cursor.fetch_add(1, Ordering::Relaxed) as usize;
+        Ok(members[i % members.len()].clone())
     }
 
     /// Flushes every member; a member that fails is cut out, so the flush holds for all
@@ -217,7 +227,7 @@ impl BlockTarget for Engine {
 
     async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(self.config.size, offset, len)?;
-        *self.last_write.lock().unwrap() = Instant::now();
+        *lock(&self.last_write) = Instant::now();
         self.written.store(true, Ordering::Release);
         let mut done = 0;
         while done < len {

@@ -83,7 +83,8 @@ pub fn choose(
             }
             FrontendKind::Nbd => "nbd needs /dev/nbd0 (module nbd)",
             FrontendKind::Fuse => "fuse needs /dev/fuse (module fuse)",
-            FrontendKind::Auto => unreachable!("auto is never missing by itself"),
+            // Never asked for (auto reports its own error below); said plainly anyway.
+            FrontendKind::Auto => "it takes ublk, nbd or fuse, and none of them is",
         };
         Error::Unavailable(format!("frontend {kind} is not available here: {what}"))
     };

@@ -1,6 +1,7 @@
 //! The NBD fixed newstyle handshake: greeting, option haggling, and the export's size and
 //! flags once the client picks it.
 
+use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{io_err, read_message_start, MAX_PAYLOAD, TRANSMISSION_FLAGS};
@@ -69,9 +70,11 @@ where
         {
             return Ok(false);
         }
-        let magic = u64::from_be_bytes(head[0..8].try_into().unwrap());
-        let opt = u32::from_be_bytes(head[8..12].try_into().unwrap());
-        let len = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        // Big-endian fields that fill the 16 bytes exactly.
+        let mut fields = &head[..];
+        let magic = fields.get_u64();
+        let opt = fields.get_u32();
+        let len = fields.get_u32();
         if magic != IHAVEOPT {
             return Err(Error::Protocol(format!("bad NBD option magic {magic:#x}")));
         }

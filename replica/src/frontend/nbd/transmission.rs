@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -104,13 +104,15 @@ where
             tracing::debug!("NBD client closed the connection without NBD_CMD_DISC");
             return Ok(());
         }
-        let magic = u32::from_be_bytes(head[0..4].try_into().unwrap());
+        // Big-endian fields that fill the 28 bytes exactly, read in order.
+        let mut fields = &head[..];
+        let magic = fields.get_u32();
         let req = Request {
-            flags: u16::from_be_bytes(head[4..6].try_into().unwrap()),
-            kind: u16::from_be_bytes(head[6..8].try_into().unwrap()),
-            cookie: u64::from_be_bytes(head[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(head[16..24].try_into().unwrap()),
-            len: u32::from_be_bytes(head[24..28].try_into().unwrap()),
+            flags: fields.get_u16(),
+            kind: fields.get_u16(),
+            cookie: fields.get_u64(),
+            offset: fields.get_u64(),
+            len: fields.get_u32(),
         };
         if magic != REQUEST_MAGIC {
             return Err(Error::Protocol(format!("bad NBD request magic {magic:#x}")));
@@ -128,11 +130,12 @@ where
             CMD_READ | CMD_WRITE => req.len.clamp(MIN_REQUEST_COST, MAX_PAYLOAD),
             _ => MIN_REQUEST_COST,
         };
+        // The semaphore is this function's own and never closed: this cannot fail.
         let permit = budget
             .clone()
             .acquire_many_owned(cost)
             .await
-            .expect("the budget semaphore is never closed");
+            .map_err(|_| Error::Internal("the NBD request budget was closed".into()))?;
         let payload = if req.kind == CMD_WRITE {
             let mut buf = vec![0u8; req.len as usize];
             rd.read_exact(&mut buf)
@@ -241,7 +244,8 @@ pub(super) async fn execute(
         }
         // The target's discard reads back as zeros, which is all WRITE_ZEROES promises.
         CMD_WRITE_ZEROES => discard(target, req.offset, len, fua).await,
-        _ => unreachable!("unknown commands were refused above"),
+        // Refused above already; answered the same way for completeness.
+        _ => return (EINVAL, None),
     };
     match result {
         Ok(()) => (0, None),

@@ -17,6 +17,7 @@ use super::abi::{
 use super::queue::{Queue, QueueCtx, QueueShared};
 use super::{UblkOptions, CONTROL_PATH};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::target::BlockTarget;
 
 /// The control device and its 128-byte-SQE ring; one command at a time.
@@ -137,9 +138,7 @@ impl Device {
     ) -> Result<()> {
         let dev_id = self.dev_id;
         let mut p = params(size, options.logical_block_size, options.max_io_bytes);
-        self.control
-            .lock()
-            .unwrap()
+        lock(&self.control)
             .command(CMD_SET_PARAMS, dev_id, Some(&mut p), 0)
             .map_err(Error::io("ublk SET_PARAMS"))?;
         let cdev_path = format!("/dev/ublkc{dev_id}");
@@ -194,9 +193,7 @@ impl Device {
         // Every tag has FETCH_REQ in flight: START_DEV adds the disk (which reads the
         // partition table through the queues) and returns once it is live.
         let pid = std::process::id();
-        self.control
-            .lock()
-            .unwrap()
+        lock(&self.control)
             .command(CMD_START_DEV, dev_id, None, u64::from(pid))
             .map_err(Error::io("ublk START_DEV"))?;
         wait_for_node(Path::new(&format!("/dev/ublkb{dev_id}")))?;
@@ -212,12 +209,7 @@ impl Device {
     fn shutdown_inner(&mut self, clean: bool) -> Result<()> {
         let mut first_error = None;
         if clean && !self.queues.is_empty() {
-            if let Err(e) = self
-                .control
-                .lock()
-                .unwrap()
-                .command(CMD_STOP_DEV, self.dev_id, None, 0)
-            {
+            if let Err(e) = lock(&self.control).command(CMD_STOP_DEV, self.dev_id, None, 0) {
                 first_error.get_or_insert(Error::io("ublk STOP_DEV")(e));
             }
         }
@@ -236,12 +228,7 @@ impl Device {
         self.queues.clear();
         // Our handle on /dev/ublkcN goes before DEL_DEV, which waits for it to close.
         self.cdev = None;
-        if let Err(e) = self
-            .control
-            .lock()
-            .unwrap()
-            .command(CMD_DEL_DEV, self.dev_id, None, 0)
-        {
+        if let Err(e) = lock(&self.control).command(CMD_DEL_DEV, self.dev_id, None, 0) {
             first_error.get_or_insert(Error::io("ublk DEL_DEV")(e));
         }
         match first_error {
