@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 //! Warren's CSI Controller service and the cluster-side logic behind it.
 
 pub mod error;

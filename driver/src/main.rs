@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 //! `warren`: one binary for every role. This file only wires parts together; the logic
 //! lives in warren-controller, warren-node and warren-core.
 
@@ -26,12 +27,18 @@ fn main() -> ExitCode {
     };
     init_logging(format);
     // Few threads: a CSI driver is I/O bound, and memory matters on edge nodes.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
     match runtime.block_on(serve::run(cli.mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -396,11 +396,23 @@ async fn serve_until(
     result.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
 }
 
+/// Returns on SIGTERM or SIGINT. Without a SIGTERM handler (it cannot normally fail to
+/// install) only SIGINT stops Warren gracefully; SIGTERM's default still ends the process.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM; waiting for SIGINT only");
+            if tokio::signal::ctrl_c().await.is_err() {
+                // No signal can be waited for: serve until killed rather than stop now.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
