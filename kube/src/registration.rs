@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use warren_core::endpoint::grpc_connections;
 use crate::error::{Error, Result};
 use crate::proto::registration_server::{Registration, RegistrationServer};
 use crate::proto::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
+use warren_core::endpoint::grpc_connections;
 
 /// CSI versions Warren speaks, as the kubelet wants them listed.
 const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
@@ -109,4 +109,3 @@ pub async fn serve(
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| Error::Invalid(format!("registration server: {e}")))
 }
-
