@@ -640,3 +640,40 @@ async fn missing_backing_store_is_an_abnormal_condition() {
         info.condition.message
     );
 }
+
+#[tokio::test]
+async fn delete_refuses_a_volume_with_a_file_system_mounted_inside() {
+    let fx = Fixture::new();
+    let id = fx.create(Layout::Dir, MIB, None).await;
+    let data = fx.root.join("volumes").join(id.key.as_str()).join("data");
+    let inside = std::fs::canonicalize(&data).unwrap().join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &inside,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    std::fs::write(inside.join("theirs"), b"t").unwrap();
+
+    let err = fx.store.delete_volume(id.clone()).await.unwrap_err();
+    let survived = std::fs::read(inside.join("theirs"));
+    let _ = nix::mount::umount2(&inside, nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(survived.unwrap(), b"t");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("mounted inside it at {}", inside.display())),
+        "{err}"
+    );
+    // Refused before anything moved: the volume is whole, and deletes once unmounted.
+    fx.store.get_volume(id.clone()).await.unwrap();
+    assert!(inside.is_dir());
+    fx.store.delete_volume(id.clone()).await.unwrap();
+    assert_eq!(
+        fx.store.get_volume(id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}

@@ -1,6 +1,7 @@
 //! Node-local volumes: the `NodeStorage` a node serves to the controller.
 
 mod meta;
+mod remove;
 mod store;
 mod usage;
 

@@ -21,6 +21,7 @@ use warren_core::validate::MIN_IMAGE_BYTES;
 use warren_core::Error as CoreError;
 
 use super::meta::{payload, Dirs, SnapshotMeta, VolumeMeta, META};
+use super::remove::{check_nothing_mounted_inside, remove_object_dir};
 use crate::copy::{copy_image, copy_tree};
 use crate::error::{Error, Result};
 use crate::loopdev::BlockDevices;
@@ -410,8 +411,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Moves an object out of sight with one rename, then removes it.
+    /// Moves an object out of sight with one rename, then removes it. An object with a
+    /// file system mounted inside is refused before it is moved, so it stays whole.
     fn trash(&self, dir: &Path, key: &Key) -> Result<()> {
+        check_nothing_mounted_inside(dir)?;
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -572,16 +575,6 @@ fn size_image(path: &Path, capacity: u64, allocation: Allocation) -> Result<()> 
         })?;
     }
     file.sync_all().map_err(io_err("fsync image"))
-}
-
-/// Removes a Warren object directory. Refuses to cross into mounts: a data directory that is
-/// still bind-mounted somewhere is a bug, not something to delete through.
-fn remove_object_dir(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("remove {}", path.display()))(e)),
-    }
 }
 
 #[async_trait]
