@@ -32,6 +32,9 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
     let mut w = Warren::start();
     let names: Vec<String> = (0..16).map(|i| format!("pvc-crash-{i:02}")).collect();
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    // Calls the kill cut short (they got no answer): without any, the test would only
+    // restart an idle process and prove nothing about crash safety.
+    let mut cut = 0;
 
     for (round, delay_ms) in [3u64, 25, 60, 120].into_iter().enumerate() {
         // Creates (retries of earlier names included) and deletes of some acknowledged ones.
@@ -63,7 +66,11 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         w.kill9();
         for t in tasks {
-            if let (name, Ok(id)) = t.await.unwrap() {
+            let (name, result) = t.await.unwrap();
+            if result.is_err() {
+                cut += 1;
+            }
+            if let Ok(id) = result {
                 // Unless this round also deleted the name's volume: a create that runs after
                 // that delete rightly makes a new volume, with a new id.
                 if let Some(old) = acknowledged.get(&name) {
@@ -76,6 +83,9 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
         }
         for d in deletes {
             let (id, ok) = d.await.unwrap();
+            if !ok {
+                cut += 1;
+            }
             if ok {
                 acknowledged.retain(|_, v| *v != id);
             }
@@ -102,6 +112,11 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
         // Forget acknowledged volumes that an in-flight delete removed.
         acknowledged.retain(|_, id| now_listed.contains(id));
     }
+
+    assert!(
+        cut > 0,
+        "no round's kill cut a call in flight: the delays no longer reach into the calls"
+    );
 
     // Every name can still be created; acknowledged ones come back with the same id.
     let mut client = w.controller().await;
