@@ -34,10 +34,10 @@ pub(super) const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Option data longer than this is not a legitimate option (names are at most 4 KiB);
 /// the connection is closed rather than reading it.
-pub(super) const MAX_OPTION_LEN: u32 = 64 * 1024;
+const MAX_OPTION_LEN: u32 = 64 * 1024;
 
 /// Preferred block size advertised to clients.
-pub(super) const PREFERRED_BLOCK: u32 = 4096;
+const PREFERRED_BLOCK: u32 = 4096;
 
 /// Runs the fixed newstyle handshake. Returns true when the client entered transmission,
 /// false when it aborted (or went away between options).
@@ -162,7 +162,7 @@ where
 
 /// Parses `NBD_OPT_INFO`/`NBD_OPT_GO` data: name length, name, count of information
 /// requests, the requests. Returns the name, or None when the lengths do not add up.
-pub(super) fn parse_info_request(data: &[u8]) -> Option<&[u8]> {
+fn parse_info_request(data: &[u8]) -> Option<&[u8]> {
     let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
     let name = data.get(4..4usize.checked_add(name_len)?)?;
     let rest = &data[4 + name_len..];

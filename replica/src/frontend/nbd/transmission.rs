@@ -32,10 +32,10 @@ pub(super) const ENOSPC: u32 = 28;
 pub(super) const INFLIGHT_BUDGET: usize = 128 << 20;
 /// Smallest share of the budget one request takes, so that the count of requests in flight
 /// is bounded too.
-pub(super) const MIN_REQUEST_COST: u32 = 4096;
+const MIN_REQUEST_COST: u32 = 4096;
 
 /// Zeros for `WRITE_ZEROES` with `NO_HOLE`, written a chunk at a time.
-pub(super) static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
 /// Serves the transmission phase only, on a connection whose handshake happened elsewhere
 /// (the kernel's ioctl-configured NBD client speaks nothing else). The export's flags are
@@ -72,7 +72,7 @@ pub(super) struct Request {
     len: u32,
 }
 
-pub(super) struct Reply {
+struct Reply {
     cookie: u64,
     error: u32,
     /// Read data; only sent when `error` is zero.
@@ -85,7 +85,7 @@ pub(super) struct Reply {
 /// Reads requests until `NBD_CMD_DISC`, end of stream, or a protocol violation, starting a
 /// task for each. Dropping `replies` (when this returns, and as the tasks finish) is what
 /// ends the writer.
-pub(super) async fn read_requests<R>(
+async fn read_requests<R>(
     rd: R,
     target: Arc<dyn BlockTarget>,
     replies: mpsc::Sender<Reply>,
@@ -164,7 +164,7 @@ where
 
 /// Writes replies as they come, one whole reply at a time; flushes whenever no other reply
 /// is waiting. Ends when every sender is gone.
-pub(super) async fn write_replies<W>(wr: W, mut replies: mpsc::Receiver<Reply>) -> Result<()>
+async fn write_replies<W>(wr: W, mut replies: mpsc::Receiver<Reply>) -> Result<()>
 where
     W: AsyncWrite + Unpin,
 {
@@ -191,7 +191,7 @@ where
 
 /// Runs one request against the target; returns the NBD error (0 for success) and, for a
 /// read, the data.
-pub(super) async fn execute(
+async fn execute(
     target: &dyn BlockTarget,
     req: Request,
     payload: Option<Bytes>,
@@ -277,12 +277,7 @@ pub(super) async fn discard(
     Ok(())
 }
 
-pub(super) async fn write_zeroes(
-    target: &dyn BlockTarget,
-    offset: u64,
-    len: u64,
-    fua: bool,
-) -> Result<()> {
+async fn write_zeroes(target: &dyn BlockTarget, offset: u64, len: u64, fua: bool) -> Result<()> {
     let mut done = 0;
     while done < len {
         let n = (len - done).min(ZEROES.len() as u64) as usize;

@@ -15,25 +15,25 @@ pub(super) const IO_COMMIT_AND_FETCH_REQ: u8 = 0x21;
 
 pub(super) const CTRL_CMD_SIZE: usize = 32; // struct ublksrv_ctrl_cmd
 pub(super) const IO_CMD_SIZE: usize = 16; // struct ublksrv_io_cmd
-pub(super) const DEV_INFO_SIZE: usize = 64; // struct ublksrv_ctrl_dev_info
+const DEV_INFO_SIZE: usize = 64; // struct ublksrv_ctrl_dev_info
 pub(super) const IO_DESC_SIZE: usize = 24; // struct ublksrv_io_desc
 /// Header + `ublk_param_basic` + `ublk_param_discard`.
-pub(super) const PARAMS_SIZE: usize = 60;
+const PARAMS_SIZE: usize = 60;
 
 /// `UBLK_F_CMD_IOCTL_ENCODE`.
-pub(super) const F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
+const F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
 
-pub(super) const PARAM_TYPE_BASIC: u32 = 1 << 0;
-pub(super) const PARAM_TYPE_DISCARD: u32 = 1 << 1;
-pub(super) const ATTR_VOLATILE_CACHE: u32 = 1 << 2;
-pub(super) const ATTR_FUA: u32 = 1 << 3;
+const PARAM_TYPE_BASIC: u32 = 1 << 0;
+const PARAM_TYPE_DISCARD: u32 = 1 << 1;
+const ATTR_VOLATILE_CACHE: u32 = 1 << 2;
+const ATTR_FUA: u32 = 1 << 3;
 
 pub(super) const OP_READ: u8 = 0;
 pub(super) const OP_WRITE: u8 = 1;
 pub(super) const OP_FLUSH: u8 = 2;
 pub(super) const OP_DISCARD: u8 = 3;
 pub(super) const OP_WRITE_ZEROES: u8 = 5;
-pub(super) const IO_F_FUA: u32 = 1 << 13;
+const IO_F_FUA: u32 = 1 << 13;
 
 /// Offset of queue `q`'s descriptor array in the `/dev/ublkcN` mmap space:
 /// `q * round_up(UBLK_MAX_QUEUE_DEPTH * sizeof(ublksrv_io_desc), PAGE_SIZE)`.
