@@ -223,6 +223,7 @@ for MODE in $MODES; do
   k create namespace "$NS" >/dev/null
   # Classes beyond the chart's default warren-local (ext4 image, Delete, WaitForFirstConsumer).
   k apply -f "$HERE/classes.yaml" >/dev/null
+  rm -f "$W/retained-volume"
   for s in "${SCENARIOS[@]}"; do scenario "$MODE: ${s%|*}" "${s##*|}"; done
   footprint "$MODE"
   k delete namespace "$NS" --wait=true >/dev/null

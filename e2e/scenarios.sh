@@ -7,6 +7,7 @@
 SCENARIOS=(
   "a claim binds, a pod writes, a second pod reads it back|s_write_read"
   "WaitForFirstConsumer on two nodes: the volume lands on the pod's node|s_wffc_node2"
+  "Immediate binding: Warren places the volume before any pod, a pod follows it|s_immediate"
   "online expansion (xfs) seen inside the running pod|s_online_expansion"
   "VolumeSnapshot, then restore into a new claim|s_snapshot_restore"
   "a clone of a claim|s_clone"
@@ -18,10 +19,35 @@ SCENARIOS=(
 
 TOKEN="warren-e2e-$RANDOM$RANDOM"
 
+s_immediate() {
+  pvc now1 1Gi warren-immediate
+  # No pod asks for it: the edge mode's leader (or the standard mode's controller behind
+  # external-provisioner) picks a node by free space and provisions at once.
+  wait_until "claim now1 bound without a pod" 120 pvc_bound now1
+  local pv node
+  pv="$(pv_of now1)"
+  node="$(pv_node "$pv")"
+  [[ $node == "$NODE1" || $node == "$NODE2" ]] || fail "PV $pv pinned to '$node', want $NODE1 or $NODE2"
+  [[ -n "$(volume_dir "$pv" "$node")" ]] || fail "no volume for $pv in $(warren_storage_root "$node")"
+  # The scheduler follows the PV's node affinity.
+  [[ "$(run_pod nower "" now1 "echo $TOKEN >/data/token && cat /data/token")" == "$TOKEN" ]] ||
+    fail "a pod on the placed volume did not read back its write"
+  [[ "$(jp pod nower '{.spec.nodeName}')" == "$node" ]] || fail "pod ran on $(jp pod nower '{.spec.nodeName}'), volume is on $node"
+  kn delete pod nower --wait=true >/dev/null
+  kn delete pvc now1 --wait=true >/dev/null
+  wait_until "PV $pv deleted" 90 gone pv "$pv"
+  [[ -z "$(volume_dir "$pv" "$node")" ]] || fail "the volume of $pv is left on $node"
+  echo "PV $pv placed on $node before any pod; a pod followed it; deleted with its storage"
+}
+
 s_write_read() {
   pvc data1 1Gi
-  # WaitForFirstConsumer: nothing is provisioned before a pod needs the claim.
-  sleep 2
+  # WaitForFirstConsumer: nothing is provisioned before a pod needs the claim. Wait for the
+  # PV controller's verdict (its WaitForFirstConsumer event), then the claim must be Pending.
+  waits_for_consumer() {
+    [[ -n "$(kn get events --field-selector involvedObject.name=data1,reason=WaitForFirstConsumer -o name)" ]]
+  }
+  wait_until "claim data1 seen waiting for its first consumer" 60 waits_for_consumer
   [[ "$(jp pvc data1 '{.status.phase}')" == Pending ]] || fail "claim bound before any pod used it"
   run_pod writer "$NODE1" data1 "echo $TOKEN >/data/token && sync && echo written"
   pvc_bound data1 || fail "claim data1 not bound"
@@ -138,9 +164,15 @@ s_reclaim_retain() {
   kn delete pvc keep --wait=true >/dev/null
   released() { [[ "$(pv_phase "$pv")" == Released ]]; }
   wait_until "PV $pv Released" 60 released
+  # A check that something does NOT happen (Warren must not delete a Retain volume): there
+  # is no event to wait for, so give the reclaimer a few of its watch turns.
   sleep 3
   [[ "$(pv_phase "$pv")" == Released ]] || fail "PV $pv is $(pv_phase "$pv") after its claim went"
-  [[ -n "$(volume_dir "$pv" "$NODE1")" ]] || fail "storage of retained PV $pv removed"
+  local kept
+  kept="$(volume_dir "$pv" "$NODE1")"
+  [[ -n $kept ]] || fail "storage of retained PV $pv removed"
+  # s_all_gone checks that exactly this volume is left (scenarios run in subshells).
+  echo "$kept" >"$W/retained-volume"
   # An administrator binds the retained volume to a new claim: the data is there.
   k patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null
   pvc keep-again 1Gi warren-retain "  volumeName: $pv"
@@ -204,13 +236,19 @@ s_all_gone() {
   no_snapshot_contents() { [[ -z "$(k get volumesnapshotcontent -o name)" ]]; }
   wait_until "every VolumeSnapshotContent deleted" 60 no_snapshot_contents
   # The retained volume of s_reclaim_retain: its PV is gone, its storage stays by design.
-  local node root left
+  # Exactly that one is left on node 1 (when that scenario ran), nothing on node 2.
+  local node root left want=""
+  [[ -f "$W/retained-volume" ]] && want="$(cat "$W/retained-volume")"
   for node in "$NODE1" "$NODE2"; do
     root="$(warren_storage_root "$node")"
-    left="$(find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
-    if [[ $node == "$NODE1" ]]; then ((left <= 1)) || fail "$left objects left in $root (want only the retained volume)"; fi
-    if [[ $node == "$NODE2" ]]; then ((left == 0)) || fail "$left objects left in $root"; fi
+    left="$(find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 2>/dev/null | sort)"
+    if [[ $node == "$NODE1" && -n $want ]]; then
+      [[ $left == "$want" ]] || fail "left in $root: '${left//$'\n'/ }', want only the retained volume $want"
+    else
+      [[ -z $left ]] || fail "left in $root: ${left//$'\n'/ }"
+    fi
   done
+  rm -f "$W/retained-volume"
   local loops
   loops="$(losetup -nO BACK-FILE | grep -c -e "$(warren_state_dir "$NODE1")/" -e "$(warren_state_dir "$NODE2")/" || true)"
   ((loops == 0)) || fail "$loops loop devices still attached to Warren volumes"
