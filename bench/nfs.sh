@@ -3,7 +3,7 @@
 # NFS-Ganesha (Debian's nfs-ganesha + nfs-ganesha-vfs, and rpcbind) in a network
 # namespace of its own, with a release `warren all` inside it.
 # A benchmark, not a test: run it by hand on an idle machine, as root, and copy the lines
-# into docs/design.md ("NFS volumes").
+# into docs/benchmarks.md ("NFS volumes").
 #   bash bench/nfs.sh [COUNT] [DATA_MIB]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Replication throughput/latency (1-3 replicas vs the raw file), rebuild speed, and the
 # replica service's idle cost. A benchmark, not a test: run on an idle machine and copy the
-# lines into docs/design.md ("Replication benchmarks").
+# lines into docs/benchmarks.md ("Replicated block volumes").
 #   bash bench/replication.sh [SCALE_MIB]     (default 512: volume 1 GiB, 512 MiB sequential)
 set -euo pipefail
 cd "$(dirname "$0")/.."

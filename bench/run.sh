@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provisioning latency per layout and idle memory of `warren all` / `warren node`.
 # A benchmark, not a test: run it by hand on an idle machine and copy the lines into
-# docs/design.md ("Benchmarks"). Needs root, e2fsprogs and xfsprogs.
+# docs/benchmarks.md ("Local volumes"). Needs root, e2fsprogs and xfsprogs.
 #   bash bench/run.sh [COUNT]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throughput of the built-in share against the same file read and written locally (see
 # bench/src/share.rs). A benchmark, not a test: run it by hand on an idle machine, as
-# root, and copy the line into docs/design.md ("The built-in share").
+# root, and copy the line into docs/benchmarks.md ("NFS volumes").
 #   bash bench/share.sh [MIB] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -189,7 +189,7 @@ async fn workload(target: &Arc<dyn BlockTarget>, w: Workload) -> Run {
 /// Each workload three times; the median run (by throughput) is reported, since a shared
 /// 2-vCPU VM varies a lot from run to run. For writes the first run is reported too: it
 /// is the only one that writes into the fresh, sparse volume, and with replicas it is much
-/// slower than the median (likely fresh page-cache pages; see docs/design.md,
+/// slower than the median (likely fresh page-cache pages; see docs/benchmarks.md,
 /// "Replication benchmarks").
 async fn median(target: &Arc<dyn BlockTarget>, w: Workload) -> Vec<Run> {
     let mut runs = Vec::new();

@@ -3,7 +3,7 @@
 //! loopback, 1 MiB WRITEs and READs, sequential; the local side writes with an fdatasync
 //! per MiB (what the share does for every WRITE: it answers only once data is on disk) and
 //! reads through the page cache. Median of RUNS runs. A benchmark: run by hand
-//! (bench/share.sh), copy the line into docs/design.md.
+//! (bench/share.sh), copy the line into docs/benchmarks.md.
 //!
 //! usage: share-bench DIR [MIB] [RUNS]    (DIR on ext4/xfs/btrfs: handles need it)
 
