@@ -1,5 +1,8 @@
 //! Warren's node plugin: the CSI Node service and the node-local storage behind it.
 
+// The release binary aborts on panic: one broken invariant would kill the node process.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod copy;
 pub mod decide;
 pub mod error;

@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use nix::errno::Errno;
 
@@ -204,7 +204,7 @@ impl LoopDevices {
 
     fn attach_with(&self, backing: &Path, direct_io: bool) -> Result<PathBuf> {
         let backing = canonical(backing)?;
-        let _guard = ATTACH.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = ATTACH.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(dev) = Self::find_canonical(&backing)? {
             return Ok(dev);
         }

@@ -1,4 +1,6 @@
 //! Removing a volume's or snapshot's directory without ever deleting through a mount.
+//! A deleted object first leaves its place with one rename into `.trash/` (`trash`), so
+//! a crash midway leaves nothing half-visible; startup empties `.trash/` the same way.
 //!
 //! Nothing should be mounted inside an object directory when it is removed: a mount there
 //! is a bug elsewhere (a publish not undone, a mount a pod propagated), and what it shows
@@ -20,16 +22,36 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use warren_core::durable::sync_dir;
+use warren_core::ids::Key;
 use warren_core::Error as CoreError;
 
+use super::store::{io_err, Inner};
 use crate::error::{Error, Result};
 use crate::mountinfo::{self, mount_at, MountEntry};
+
+impl Inner {
+    /// Moves an object out of sight with one rename, then removes it. An object with a
+    /// file system mounted inside is refused before it is moved, so it stays whole.
+    pub(super) fn trash(&self, dir: &Path, key: &Key) -> Result<()> {
+        check_nothing_mounted_inside(dir)?;
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let bin = self.dirs.trash().join(format!("{key}-{nanos}"));
+        std::fs::rename(dir, &bin).map_err(io_err(format!("move {} to trash", dir.display())))?;
+        sync_dir(dir.parent().unwrap_or(&self.dirs.root))?;
+        remove_object_dir(&bin)
+    }
+}
 
 /// Removes an object directory and everything in it; nothing to do if it is absent.
 /// Refuses, with the mount named, when a file system is mounted at or below it.
