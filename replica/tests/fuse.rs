@@ -39,10 +39,7 @@ fn can_run(tools: &[&str]) -> bool {
     match missing {
         None => true,
         Some(why) => {
-            if std::env::var("WARREN_REQUIRE_FUSE").as_deref() == Ok("1") {
-                panic!("FUSE test cannot run: {why}");
-            }
-            eprintln!("skipping FUSE test: {why}");
+            warren_test_support::skip("WARREN_REQUIRE_FUSE", &why);
             false
         }
     }

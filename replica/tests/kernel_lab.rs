@@ -89,12 +89,10 @@ fn say(text: &str) {
 
 /// Prints why the test is skipped, or fails if the lab is required.
 fn skip(why: &str) {
-    if std::env::var("WARREN_REQUIRE_KERNEL_LAB").as_deref() == Ok("1") {
-        panic!("kernel lab required (WARREN_REQUIRE_KERNEL_LAB=1) but unavailable: {why}");
-    }
-    say(&format!(
-        "kernel_lab: SKIPPED: {why} (set WARREN_REQUIRE_KERNEL_LAB=1 to make this fail)"
-    ));
+    warren_test_support::skip(
+        "WARREN_REQUIRE_KERNEL_LAB",
+        &format!("the kernel lab is unavailable: {why}"),
+    );
 }
 
 /// The `frontend_check` binary: `WARREN_FRONTEND_CHECK`, or built now with cargo (once per
