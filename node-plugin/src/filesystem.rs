@@ -113,9 +113,41 @@ pub fn grow_fs_offline(dev: &Path, fs: FsType) -> Result<()> {
     run("resize2fs", &[dev.as_os_str()]).map(drop)
 }
 
+/// The options a volume's file system is mounted with: the CO's, plus what Warren needs.
+///
+/// xfs gets `nouuid`: a clone or a restored snapshot is a copy of its source's image, so it
+/// carries the source's file system UUID, and xfs refuses to mount a second file system
+/// with a UUID already mounted ("Filesystem has duplicate UUID") — a clone could never be
+/// used beside its source on the node that holds both (issue 20). ext4 has no such check.
+/// Mounting with `nouuid` rather than giving each copy a new UUID (`xfs_admin -U`) needs
+/// no clean log on a copy taken from a mounted, frozen source, and keeps copies exact.
+pub fn mount_options(fs: FsType, from_co: &[String]) -> Vec<String> {
+    let mut options = from_co.to_vec();
+    let has = |name: &str| {
+        from_co
+            .iter()
+            .flat_map(|o| o.split(','))
+            .any(|o| o.trim() == name)
+    };
+    if fs == FsType::Xfs && !has("nouuid") {
+        options.push("nouuid".to_string());
+    }
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xfs_is_mounted_with_nouuid_once() {
+        let co = vec!["noatime".to_string()];
+        assert_eq!(mount_options(FsType::Xfs, &co), ["noatime", "nouuid"]);
+        assert_eq!(mount_options(FsType::Ext4, &co), ["noatime"]);
+        let given = vec!["noatime,nouuid".to_string()];
+        assert_eq!(mount_options(FsType::Xfs, &given), ["noatime,nouuid"]);
+        assert!(mount_options(FsType::Ext4, &[]).is_empty());
+    }
     use crate::fssize::fs_size_bytes;
 
     fn head(path: &Path) -> Vec<u8> {

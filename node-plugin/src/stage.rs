@@ -15,7 +15,7 @@ use warren_core::Error as CoreError;
 
 use crate::decide::{self, MountAction};
 use crate::error::{Error, Result};
-use crate::filesystem::{grow_fs, grow_fs_offline, make_fs, FsType};
+use crate::filesystem::{grow_fs, grow_fs_offline, make_fs, mount_options, FsType};
 use crate::fsprobe::{probe_device, Probe};
 use crate::fssize::fs_size_bytes;
 use crate::local::{payload, LocalStore, VolumeMeta};
@@ -168,8 +168,12 @@ impl Stager {
                     grow_fs_offline(&dev, fs)?;
                 }
                 ensure_dir(staging)?;
-                self.mounter
-                    .mount_device(&dev, staging, fs.as_str(), mount_flags)?;
+                self.mounter.mount_device(
+                    &dev,
+                    staging,
+                    fs.as_str(),
+                    &mount_options(fs, mount_flags),
+                )?;
                 if must_grow && fs == FsType::Xfs {
                     grow_fs(&dev, staging, fs)?;
                 }

@@ -405,6 +405,69 @@ async fn snapshot_restore_and_clone_carry_the_data_and_grow() {
     fx.store.delete_snapshot(snap).await.unwrap();
 }
 
+/// Issue 20: a clone or a restored snapshot of an xfs volume carries its source's file
+/// system UUID, and xfs refused to mount it while the source was mounted on the same node
+/// ("Filesystem has duplicate UUID"). Both must be usable side by side.
+#[tokio::test]
+async fn an_xfs_clone_and_restore_mount_beside_their_mounted_source() {
+    let fx = Fixture::new();
+    let id = fx.create(Layout::Image, 320 * MIB, None).await;
+    let (staging, target) = (fx.path("staging/src"), fx.path("pods/src/mount"));
+    fx.stage(&id, &staging, mount_cap("xfs")).await.unwrap();
+    fx.publish(&id, &staging, &target, mount_cap("xfs"), false)
+        .await
+        .unwrap();
+    std::fs::write(target.join("token"), b"source data").unwrap();
+    nix::unistd::sync();
+
+    let clone = fx
+        .create(
+            Layout::Image,
+            320 * MIB,
+            Some(ContentSource::Volume(id.clone())),
+        )
+        .await;
+    let snap = SnapshotId::new(Layout::Image, NODE, Key::random());
+    fx.store
+        .create_snapshot(snap.clone(), "snap-xfs".into(), id.clone())
+        .await
+        .unwrap();
+    let restored = fx
+        .create(
+            Layout::Image,
+            320 * MIB,
+            Some(ContentSource::Snapshot(snap.clone())),
+        )
+        .await;
+    let mut mounted = Vec::new();
+    for (copy, name) in [(&clone, "clone"), (&restored, "restored")] {
+        let (cs, ct) = (
+            fx.path(&format!("staging/{name}")),
+            fx.path(&format!("pods/{name}/mount")),
+        );
+        fx.stage(copy, &cs, mount_cap("xfs"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the {name} xfs volume does not mount beside its source: {e}")
+            });
+        fx.publish(copy, &cs, &ct, mount_cap("xfs"), false)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(ct.join("token")).unwrap(), b"source data");
+        // Writes stay in the copy.
+        std::fs::write(ct.join("token"), name.as_bytes()).unwrap();
+        mounted.push((copy.clone(), cs, ct));
+    }
+    assert_eq!(std::fs::read(target.join("token")).unwrap(), b"source data");
+    for (copy, cs, ct) in mounted {
+        fx.unpublish(&copy, &ct).await;
+        fx.unstage(&copy, &cs).await;
+    }
+    fx.unpublish(&id, &target).await;
+    fx.unstage(&id, &staging).await;
+    fx.store.delete_snapshot(snap).await.unwrap();
+}
+
 #[tokio::test]
 async fn online_expansion_of_xfs() {
     let fx = Fixture::new();
