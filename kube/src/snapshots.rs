@@ -120,11 +120,31 @@ pub fn decide(
     decide_as(snapshot, class, claim, volume, me, false, None)
 }
 
+/// Who acts on a snapshot once its source is gone, by the handle its content records.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    Node(String),
+    Leader,
+    Nobody,
+}
+
+/// The owner named by a content's snapshot handle or, when the snapshot was never
+/// recorded (a crash between taking it and writing its handle), its source volume's handle.
+fn owner_of_handle(handle: &str) -> Owner {
+    if ids::is_nfs_snapshot(handle) || ids::is_nfs_volume(handle) {
+        return Owner::Leader;
+    }
+    match ids::local_snapshot_node(handle).or_else(|| ids::local_volume_node(handle)) {
+        Some(node) => Owner::Node(node),
+        None => Owner::Nobody,
+    }
+}
+
 /// What a VolumeSnapshot asks of this node. `class` is the snapshot's class (or the
 /// default one), `claim`/`volume` its source claim and that claim's PV, as observed;
-/// `content_handle` the CSI handle its bound content records, when the caller read it
-/// (for a snapshot being deleted): a snapshot of an NFS volume (`nfssnap#…`) is the
-/// leader's even once its source claim and volume are gone.
+/// `content_handle` the CSI handle its bound content records (its snapshot handle, else
+/// its source volume's), when the caller read it — for a snapshot being deleted whose
+/// source volume is gone: the handle then says whose the snapshot is.
 pub fn decide_as(
     snapshot: &DynamicObject,
     class: Option<&DynamicObject>,
@@ -149,14 +169,25 @@ pub fn decide_as(
         return Nothing("a pre-provisioned snapshot: nothing to take");
     }
     let deleting = snapshot.metadata.deletion_timestamp.is_some();
-    // A snapshot of an NFS volume outlives its source: its handle says it is the leader's.
-    if deleting && volume.is_none() && content_handle.is_some_and(ids::is_nfs_snapshot) {
-        return match (finalized, leader) {
-            (false, _) => Nothing("being deleted, nothing of Warren's holds it"),
-            (true, false) => Nothing("a snapshot of an NFS volume: the leader deletes it"),
-            (true, true) => Delete {
-                content: status.bound_volume_snapshot_content_name,
-            },
+    // A snapshot outlives its source claim and volume: once they are gone, its content's
+    // handle says whose it is — the node a local snapshot's handle names, the leader for
+    // a snapshot of an NFS volume — and that one deletes it.
+    if deleting && volume.is_none() {
+        if !finalized {
+            return Nothing("being deleted, nothing of Warren's holds it");
+        }
+        let delete = Delete {
+            content: status.bound_volume_snapshot_content_name,
+        };
+        return match content_handle.map(owner_of_handle) {
+            Some(Owner::Node(node)) if node == me => delete,
+            Some(Owner::Node(_)) => Nothing("being deleted: another node holds the snapshot"),
+            Some(Owner::Leader) if leader => delete,
+            Some(Owner::Leader) => Nothing("a snapshot of an NFS volume: the leader deletes it"),
+            // No content, or one that names nothing Warren made: nothing to delete on any
+            // node, only the finalizer to drop, and that is the leader's to do.
+            None | Some(Owner::Nobody) if leader => delete,
+            None | Some(Owner::Nobody) => Nothing("being deleted: the leader lets it go"),
         };
     }
     // Whose is it? The source volume's node, if the volume is Warren's; the leader's, if

@@ -69,20 +69,20 @@ pub async fn reconcile_snapshot<C: Controller>(
     let class = pick_class(&snapshot, &classes);
     let leading = *ctx.leading.borrow();
     // A snapshot being deleted whose source is gone: its content's handle tells whose it
-    // is (an NFS snapshot is the leader's). Read only then, and only by the leader.
-    let content_handle = match snapshots::snapshot_status(&snapshot)
-        .bound_volume_snapshot_content_name
-    {
-        Some(content)
-            if leading && volume.is_none() && snapshot.metadata.deletion_timestamp.is_some() =>
-        {
-            ctx.contents()
-                .get_opt(&content)
-                .await?
-                .and_then(|c| content_status(&c).snapshot_handle)
-        }
-        _ => None,
-    };
+    // is (the node a local snapshot names; the leader for an NFS one). Read only then.
+    let content_handle =
+        match snapshots::snapshot_status(&snapshot).bound_volume_snapshot_content_name {
+            Some(content) if volume.is_none() && snapshot.metadata.deletion_timestamp.is_some() => {
+                ctx.contents().get_opt(&content).await?.and_then(|c| {
+                    content_status(&c).snapshot_handle.or_else(|| {
+                        c.data["spec"]["source"]["volumeHandle"]
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                })
+            }
+            _ => None,
+        };
     match snapshots::decide_as(
         &snapshot,
         class,

@@ -231,13 +231,64 @@ fn the_leader_deletes_nfs_snapshots_even_without_their_source() {
         decide_as(&unfinalized, Some(&c), None, None, "n2", true, handle),
         SnapshotAction::Nothing(_)
     ));
-    // A local snapshot's handle moves nothing to the leader (as before: its source's
-    // node decides).
+    // A local snapshot's handle moves nothing to the leader: the node it names decides.
     let local = Some("snap#image#n1#0123456789abcdef0123456789abcdef");
     assert!(matches!(
         decide_as(&deleting, Some(&c), None, None, "n2", true, local),
         SnapshotAction::Nothing(_)
     ));
+}
+
+/// Issue 20: a VolumeSnapshot deleted after its source claim and volume stayed forever
+/// ("source volume not seen"), with its finalizer, its content and its data.
+#[test]
+fn the_node_a_local_snapshot_names_deletes_it_without_its_source() {
+    let c = class(DRIVER, false);
+    let deleting = snapshot(
+        json!({"metadata": {"name": "snap", "namespace": "default", "uid": "78",
+        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER]},
+        "status": {"boundVolumeSnapshotContentName": "snapcontent-78"}}),
+    );
+    let want = SnapshotAction::Delete {
+        content: Some("snapcontent-78".into()),
+    };
+    let local = Some("snap#image#n1#0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        decide_as(&deleting, Some(&c), None, None, "n1", false, local),
+        want
+    );
+    assert_eq!(
+        decide_as(&deleting, Some(&c), None, None, "n1", true, local),
+        want
+    );
+    assert!(matches!(
+        decide_as(&deleting, Some(&c), None, None, "n2", false, local),
+        SnapshotAction::Nothing(_)
+    ));
+    // A content whose snapshot handle was never recorded names its source volume: that
+    // volume's node still owns the snapshot.
+    let source = Some("local#image#n2#0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        decide_as(&deleting, Some(&c), None, None, "n2", false, source),
+        want
+    );
+    assert!(matches!(
+        decide_as(&deleting, Some(&c), None, None, "n1", true, source),
+        SnapshotAction::Nothing(_)
+    ));
+    // No content (or one naming nothing of Warren's): only the finalizer is left, and the
+    // leader drops it; the others leave it.
+    for handle in [None, Some("zfs#pool#x")] {
+        assert_eq!(
+            decide_as(&deleting, Some(&c), None, None, "n3", true, handle),
+            want,
+            "{handle:?}"
+        );
+        assert!(matches!(
+            decide_as(&deleting, Some(&c), None, None, "n1", false, handle),
+            SnapshotAction::Nothing(_)
+        ));
+    }
 }
 
 #[test]

@@ -238,14 +238,18 @@ async fn the_leader_deletes_an_nfs_snapshot_whose_source_is_gone() {
                 vec![snapshot_class(DRIVER, false)],
             )
         };
-        // Not the leader: it does not even look.
+        // Not the leader: it reads whose the snapshot is, and leaves it to the leader.
         let (client, mut api) = mock_api::pair();
         let ctx = gone(client, false);
         let task = tokio::spawn(reconcile_snapshot(Arc::new(deleting()), ctx.clone()));
+        api.expect(Method::GET, CONTENT)
+            .await
+            .ok(content("Delete", NFS_TAKEN));
         assert_eq!(
             api.finish(task).await.unwrap(),
             Action::requeue(Duration::from_secs(60))
         );
+        assert_eq!(ctx.csi.calls(), []);
 
         // The leader reads the content's handle, sees an NFS snapshot, and deletes it.
         let (client, mut api) = mock_api::pair();
@@ -266,6 +270,63 @@ async fn the_leader_deletes_an_nfs_snapshot_whose_source_is_gone() {
             ctx.csi.calls(),
             [CsiCall::DeleteSnapshot(DeleteSnapshotRequest {
                 snapshot_id: NFS_TAKEN.into(),
+                ..Default::default()
+            })]
+        );
+    })
+    .await;
+}
+
+/// Issue 20: with its source claim and volume gone, a local snapshot is deleted by the
+/// node its handle names (not the leader), content and finalizer included.
+#[tokio::test]
+async fn the_node_holding_a_local_snapshot_deletes_it_after_its_source_is_gone() {
+    within(async {
+        let gone = |client, node| {
+            snapshot_context(
+                client,
+                FakeCsi::default(),
+                node,
+                false,
+                vec![],
+                vec![],
+                vec![snapshot_class(DRIVER, false)],
+            )
+        };
+        // Another node reads the handle and leaves it.
+        let (client, mut api) = mock_api::pair();
+        let ctx = gone(client, "n2");
+        let task = tokio::spawn(reconcile_snapshot(Arc::new(deleting()), ctx.clone()));
+        api.expect(Method::GET, CONTENT)
+            .await
+            .ok(content("Delete", TAKEN));
+        assert_eq!(
+            api.finish(task).await.unwrap(),
+            Action::requeue(Duration::from_secs(60))
+        );
+        assert_eq!(ctx.csi.calls(), []);
+
+        // n1, which the handle names, deletes the snapshot, its content, then the finalizer.
+        let (client, mut api) = mock_api::pair();
+        let ctx = gone(client, "n1");
+        let task = tokio::spawn(reconcile_snapshot(Arc::new(deleting()), ctx.clone()));
+        api.expect(Method::GET, CONTENT)
+            .await
+            .ok(content("Delete", TAKEN));
+        api.expect(Method::GET, CONTENT)
+            .await
+            .ok(content("Delete", TAKEN));
+        api.expect(Method::DELETE, CONTENT)
+            .await
+            .ok(content("Delete", TAKEN));
+        let unfinalize = api.expect(Method::PATCH, SNAPSHOT).await;
+        assert_eq!(unfinalize.body["metadata"]["finalizers"], json!(["other"]));
+        unfinalize.ok(serde_json::to_value(deleting()).unwrap());
+        assert_eq!(api.finish(task).await.unwrap(), Action::await_change());
+        assert_eq!(
+            ctx.csi.calls(),
+            [CsiCall::DeleteSnapshot(DeleteSnapshotRequest {
+                snapshot_id: TAKEN.into(),
                 ..Default::default()
             })]
         );
