@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -23,6 +23,21 @@ pub trait BlockDevices: Send + Sync + 'static {
     fn detach(&self, backing: &Path) -> Result<()>;
     /// Tells the kernel the backing file grew (no-op when not attached).
     fn refresh_size(&self, backing: &Path) -> Result<()>;
+    /// Every attached device: its node, its backing file's (device, inode), and the path
+    /// the kernel shows for that file (resolved where it was attached: see `find_by_inode`).
+    fn attached(&self) -> Result<Vec<Attached>>;
+    /// Detaches one device by its node; if it is still open, the kernel detaches it on
+    /// last close.
+    fn detach_device(&self, device: &Path) -> Result<()>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub device: PathBuf,
+    pub backing_dev: u64,
+    pub backing_inode: u64,
+    /// sysfs `loop/backing_file`: ends with " (deleted)" once the file is unlinked.
+    pub backing_path: String,
 }
 
 pub struct LoopDevices;
@@ -31,6 +46,7 @@ pub struct LoopDevices;
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
@@ -158,7 +174,33 @@ fn configure(
 }
 
 impl LoopDevices {
-    fn find_canonical(backing: &Path) -> Result<Option<PathBuf>> {
+    /// The attached loop device whose backing file is `backing` — the same inode on the
+    /// same device, as the kernel reports it (LOOP_GET_STATUS64), the way `losetup -j`
+    /// matches. Not by sysfs's `loop/backing_file` path: the kernel resolves that path in
+    /// the mount namespace of whoever attached the device, and once that namespace is gone
+    /// (a node plugin container that restarted) it no longer reads as the file's path
+    /// (`/var/lib/warren/storage/volumes/<key>/disk.img` becomes `/volumes/<key>/disk.img`,
+    /// relative to the dead container's bind mount). Matched by path, a device attached
+    /// before a restart was invisible after it: never detached, attached a second time,
+    /// and its volume not seen as in use (issue 20).
+    fn find_by_inode(backing: &Path) -> Result<Option<PathBuf>> {
+        let file = match fs::metadata(backing) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::sys("stat", backing)(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )))
+            }
+        };
+        Ok(Self::list()?
+            .into_iter()
+            .find(|a| (a.backing_dev, a.backing_inode) == (file.dev(), file.ino()))
+            .map(|a| a.device))
+    }
+
+    /// Every attached loop device (free ones are not opened).
+    fn list() -> Result<Vec<Attached>> {
         let entries = match fs::read_dir("/sys/block") {
             Ok(e) => e,
             Err(e) => {
@@ -167,21 +209,51 @@ impl LoopDevices {
                 )))
             }
         };
+        let mut attached = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !name.starts_with("loop") {
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("loop"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
-            }
-            // The kernel appends " (deleted)" when the file is gone: that is not a match.
-            if let Ok(text) = fs::read_to_string(entry.path().join("loop/backing_file")) {
-                if Path::new(text.trim_end_matches('\n')) == backing {
-                    return Ok(Some(PathBuf::from(format!("/dev/{name}"))));
-                }
-            }
+            };
+            // Only attached devices have a backing file.
+            let Ok(backing_path) = fs::read_to_string(entry.path().join("loop/backing_file"))
+            else {
+                continue;
+            };
+            let device = device_node(n)?;
+            // Detached since listed: left out.
+            let Some((backing_dev, backing_inode)) = open_errno(&device, false)
+                .ok()
+                .and_then(|dev| backing_inode(&dev))
+            else {
+                continue;
+            };
+            attached.push(Attached {
+                device,
+                backing_dev,
+                backing_inode,
+                backing_path: backing_path.trim_end_matches('\n').to_string(),
+            });
         }
-        Ok(None)
+        Ok(attached)
     }
+}
+
+/// The (device, inode) of an attached loop device's backing file; None when detached.
+fn backing_inode(dev: &File) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero LoopInfo64 is valid (plain integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    ioctl(
+        dev,
+        LOOP_GET_STATUS64,
+        &mut info as *mut LoopInfo64 as libc::c_ulong,
+    )
+    .ok()?;
+    Some((info.lo_device, info.lo_inode))
 }
 
 fn canonical(backing: &Path) -> Result<PathBuf> {
@@ -205,7 +277,7 @@ impl LoopDevices {
     fn attach_with(&self, backing: &Path, direct_io: bool) -> Result<PathBuf> {
         let backing = canonical(backing)?;
         let _guard = ATTACH.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(dev) = Self::find_canonical(&backing)? {
+        if let Some(dev) = Self::find_by_inode(&backing)? {
             return Ok(dev);
         }
         let file = open_errno(&backing, true)?;
@@ -234,20 +306,25 @@ impl BlockDevices for LoopDevices {
     }
 
     fn find(&self, backing: &Path) -> Result<Option<PathBuf>> {
-        match backing.canonicalize() {
-            Ok(b) => Self::find_canonical(&b),
-            Err(_) => Ok(None),
-        }
+        Self::find_by_inode(backing)
     }
 
     fn detach(&self, backing: &Path) -> Result<()> {
-        let Some(path) = self.find(backing)? else {
-            return Ok(());
-        };
-        let dev = open_errno(&path, false)?;
+        match self.find(backing)? {
+            Some(path) => self.detach_device(&path),
+            None => Ok(()),
+        }
+    }
+
+    fn attached(&self) -> Result<Vec<Attached>> {
+        Self::list()
+    }
+
+    fn detach_device(&self, path: &Path) -> Result<()> {
+        let dev = open_errno(path, false)?;
         match ioctl(&dev, LOOP_CLR_FD, 0) {
             Ok(_) | Err(Errno::ENXIO) => Ok(()),
-            Err(e) => Err(Error::sys("LOOP_CLR_FD", &path)(e)),
+            Err(e) => Err(Error::sys("LOOP_CLR_FD", path)(e)),
         }
     }
 
@@ -321,5 +398,52 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(devs.windows(2).all(|w| w[0] == w[1]), "{devs:?}");
+    }
+
+    /// Issue 20: a device attached from a mount namespace that is gone since (a node plugin
+    /// container that restarted) is still found, by inode, from another one.
+    #[test]
+    fn a_device_attached_from_a_dead_mount_namespace_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, seen) = (dir.path().join("host"), dir.path().join("container"));
+        fs::create_dir_all(&host).unwrap();
+        fs::create_dir_all(&seen).unwrap();
+        let img = host.join("disk.img");
+        File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        let _guard = Detach(img.clone());
+        // Attach through a bind mount that exists only in a short-lived mount namespace.
+        let script = format!(
+            "mount --bind {} {} && losetup --find --show {}",
+            host.display(),
+            seen.display(),
+            seen.join("disk.img").display()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let attached = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let sysfs = Path::new("/sys/block")
+            .join(attached.file_name().unwrap())
+            .join("loop/backing_file");
+        let recorded = fs::read_to_string(sysfs).unwrap();
+        assert_ne!(
+            Path::new(recorded.trim()),
+            img,
+            "the kernel's path should no longer name the file (what this test is about)"
+        );
+        assert_eq!(LoopDevices.find(&img).unwrap(), Some(attached.clone()));
+        assert_eq!(
+            LoopDevices.attach(&img).unwrap(),
+            attached,
+            "attached twice"
+        );
+        LoopDevices.detach(&img).unwrap();
+        assert_eq!(LoopDevices.find(&img).unwrap(), None);
     }
 }

@@ -171,7 +171,10 @@ impl Walk<'_> {
             .flags(flags)
             .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
         let fd: OwnedFd = match openat2(parent, name, how) {
-            Err(Errno::ENOSYS) => openat(parent, name, flags, Mode::empty())?,
+            // No openat2: a kernel before 5.6, or a seccomp filter that refuses it (some
+            // container runtimes' default profiles answer EPERM). The st_dev check below
+            // still keeps the walk on its own file system.
+            Err(Errno::ENOSYS | Errno::EPERM) => openat(parent, name, flags, Mode::empty())?,
             opened => opened?,
         };
         if fstat(&fd)?.st_dev != self.dev {
