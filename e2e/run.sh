@@ -216,6 +216,8 @@ footprint() {
 
 # shellcheck source=scenarios.sh
 source "$HERE/scenarios.sh"
+# Loop devices attached before the run (other tests', the host's): s_no_loops_left ignores them.
+LOOPS_BEFORE="$(losetup -nO NAME,BACK-FILE)"
 for MODE in $MODES; do
   log "deploying the $MODE mode (deploy/manifests/$MODE.yaml)"
   deploy "$MODE"
@@ -230,6 +232,7 @@ for MODE in $MODES; do
   k delete -f "$HERE/classes.yaml" >/dev/null
   undeploy "$MODE"
 done
+scenario "teardown: no loop device left on a Warren image" s_no_loops_left
 
 summary
 log "e2e done in $((SECONDS - T0)) s"

@@ -11,6 +11,8 @@ SCENARIOS=(
   "online expansion (xfs) seen inside the running pod|s_online_expansion"
   "VolumeSnapshot, then restore into a new claim|s_snapshot_restore"
   "a clone of a claim|s_clone"
+  "xfs: a clone and a restored snapshot mount beside their running source (issue 20)|s_xfs_copies_beside_source"
+  "a VolumeSnapshot deleted after its claim goes with its content and data (issue 20)|s_snapshot_outlives_claim"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
   "Warren killed (kill -9) while a volume is in use|s_node_restart"
@@ -143,6 +145,63 @@ s_clone() {
   kn delete pod clone-reader source-reader --wait=true >/dev/null
 }
 
+# volume_snapshot NAME CLAIM: a VolumeSnapshot of CLAIM in Warren's class.
+volume_snapshot() {
+  kn apply -f - >/dev/null <<EOF
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: $1}
+spec:
+  volumeSnapshotClassName: warren-snapshots
+  source: {persistentVolumeClaimName: $2}
+EOF
+}
+
+s_xfs_copies_beside_source() {
+  pvc xsrc 1Gi warren-xfs
+  pod xholder "$NODE1" xsrc "echo $TOKEN >/data/token; sync; sleep 3600"
+  wait_until "pod xholder running" 120 pod_running xholder
+  # Copies of a volume land on its node and carry its xfs UUID: they must mount there
+  # while the source is mounted (xfs refuses a duplicate UUID unless told not to check).
+  pvc xclone 1Gi warren-xfs "  dataSource: {kind: PersistentVolumeClaim, name: xsrc}"
+  local got
+  got="$(run_pod xclone-reader "$NODE1" xclone "cat /data/token")"
+  [[ $got == "$TOKEN" ]] || fail "the xfs clone beside its source read '$got', want '$TOKEN'"
+  volume_snapshot xsnap xsrc
+  wait_until "snapshot xsnap ready to use" 60 snapshot_ready xsnap
+  pvc xrestored 1Gi warren-xfs "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: xsnap}"
+  got="$(run_pod xrestore-reader "$NODE1" xrestored "cat /data/token")"
+  [[ $got == "$TOKEN" ]] || fail "the xfs restore beside its source read '$got', want '$TOKEN'"
+  echo "an xfs clone and an xfs restore mounted on $NODE1 beside their running source"
+  kn delete pod xholder xclone-reader xrestore-reader --wait=true >/dev/null
+  kn delete pvc xclone xrestored --wait=true >/dev/null
+  kn delete volumesnapshot xsnap --wait=true >/dev/null
+  kn delete pvc xsrc --wait=true >/dev/null
+}
+
+s_snapshot_outlives_claim() {
+  pvc short 1Gi
+  run_pod shorty "$NODE1" short "echo $TOKEN >/data/token && sync" >/dev/null
+  volume_snapshot orphan short
+  wait_until "snapshot orphan ready to use" 60 snapshot_ready orphan
+  local content handle pv dir
+  content="$(jp volumesnapshot orphan '{.status.boundVolumeSnapshotContentName}')"
+  handle="$(k get volumesnapshotcontent "$content" -o 'jsonpath={.status.snapshotHandle}')"
+  [[ $handle == snap#*#"$NODE1"#* ]] || fail "content $content has handle '$handle', want a local snapshot on $NODE1"
+  dir="$(warren_storage_root "$NODE1")/snapshots/${handle##*#}"
+  [[ -d $dir ]] || fail "no snapshot storage at $dir"
+  pv="$(pv_of short)"
+  kn delete pod shorty --wait=true >/dev/null
+  kn delete pvc short --wait=true >/dev/null
+  wait_until "PV $pv deleted" 60 gone pv "$pv"
+  # The claim and its volume are gone; the snapshot's own handle says whose it is.
+  kn delete volumesnapshot orphan --wait=false >/dev/null
+  wait_until "VolumeSnapshot orphan deleted" 60 gone -n "$NS" volumesnapshot orphan
+  wait_until "VolumeSnapshotContent $content deleted" 60 gone volumesnapshotcontent "$content"
+  [[ ! -e $dir ]] || fail "the snapshot's data is left at $dir"
+  echo "claim and PV deleted first; the snapshot, its content $content and its data at $dir went after"
+}
+
 s_reclaim_delete() {
   local pv
   pv="$(pv_of data2)"
@@ -256,4 +315,20 @@ s_all_gone() {
   mounts="$(grep -c 'kubernetes.io/csi' /proc/self/mountinfo || true)"
   ((mounts == 0)) || fail "$mounts CSI mounts left: $(grep 'kubernetes.io/csi' /proc/self/mountinfo)"
   echo "no PV, snapshot content, loop device, CSI mount or unretained volume left"
+}
+
+# Run once after both modes are torn down (not in SCENARIOS): nothing Warren attached during
+# the run may be left (LOOPS_BEFORE: what was attached before it, left alone). Matched by
+# file name, not by directory: a device attached from a container's mount namespace shows
+# its path relative to that container's mount once the container has exited.
+s_no_loops_left() {
+  local left
+  left="$(comm -13 <(sort <<<"${LOOPS_BEFORE:-}") <(losetup -nO NAME,BACK-FILE | sort) |
+    awk '$2 ~ /\/disk\.img$/ || $0 ~ /\/disk\.img \(deleted\)$/' || true)"
+  if [[ -n $left ]]; then
+    # Leave the machine as it was found, then say what was left.
+    awk '{print $1}' <<<"$left" | xargs -r -n1 losetup -d 2>/dev/null || true
+    fail "loop devices left on Warren images: ${left//$'\n'/; }"
+  fi
+  echo "no loop device left on a Warren image"
 }
