@@ -13,11 +13,6 @@ pub enum Error {
     /// The object asks for something Warren cannot do (a bad size, a missing source...).
     #[error("{0}")]
     Invalid(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -25,11 +20,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn csi(method: &'static str) -> impl FnOnce(tonic::Status) -> Error {
         move |status| Error::Csi { method, status }
-    }
-
-    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-        let context = context.into();
-        move |source| Error::Io { context, source }
     }
 }
 
