@@ -120,6 +120,17 @@ pub fn decide(
     decide_as(snapshot, class, claim, volume, me, false, None)
 }
 
+/// The handle that names a content's owner: its snapshot's, or, when that was never
+/// recorded (a crash between taking the snapshot and writing its handle), its source
+/// volume's.
+pub fn owner_handle(content: &DynamicObject) -> Option<String> {
+    content_status(content).snapshot_handle.or_else(|| {
+        content.data["spec"]["source"]["volumeHandle"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
 /// Who acts on a snapshot once its source is gone, by the handle its content records.
 #[derive(Debug, PartialEq, Eq)]
 enum Owner {
@@ -128,8 +139,7 @@ enum Owner {
     Nobody,
 }
 
-/// The owner named by a content's snapshot handle or, when the snapshot was never
-/// recorded (a crash between taking it and writing its handle), its source volume's handle.
+/// The owner a content's `owner_handle` names.
 fn owner_of_handle(handle: &str) -> Owner {
     if ids::is_nfs_snapshot(handle) || ids::is_nfs_volume(handle) {
         return Owner::Leader;

@@ -69,20 +69,15 @@ pub async fn reconcile_snapshot<C: Controller>(
     let class = pick_class(&snapshot, &classes);
     let leading = *ctx.leading.borrow();
     // A snapshot being deleted whose source is gone: its content's handle tells whose it
-    // is (the node a local snapshot names; the leader for an NFS one). Read only then.
-    let content_handle =
-        match snapshots::snapshot_status(&snapshot).bound_volume_snapshot_content_name {
-            Some(content) if volume.is_none() && snapshot.metadata.deletion_timestamp.is_some() => {
-                ctx.contents().get_opt(&content).await?.and_then(|c| {
-                    content_status(&c).snapshot_handle.or_else(|| {
-                        c.data["spec"]["source"]["volumeHandle"]
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                })
-            }
-            _ => None,
-        };
+    // is (the node a local snapshot names; the leader for an NFS one). Read only then, and
+    // once: deleting uses the same object.
+    let source_gone = volume.is_none() && snapshot.metadata.deletion_timestamp.is_some();
+    let content_name = snapshots::snapshot_status(&snapshot).bound_volume_snapshot_content_name;
+    let content = match &content_name {
+        Some(name) if source_gone => ctx.contents().get_opt(name).await?,
+        _ => None,
+    };
+    let content_handle = content.as_ref().and_then(snapshots::owner_handle);
     match snapshots::decide_as(
         &snapshot,
         class,
@@ -101,8 +96,13 @@ pub async fn reconcile_snapshot<C: Controller>(
             self::take(&ctx, &snapshot, &take).await?;
             Ok(Action::requeue(Duration::from_secs(60)))
         }
-        SnapshotAction::Delete { content } => {
-            delete(&ctx, &snapshot, content.as_deref()).await?;
+        SnapshotAction::Delete { content: name } => {
+            let content = match name {
+                _ if source_gone => content,
+                Some(name) => ctx.contents().get_opt(&name).await?,
+                None => None,
+            };
+            delete(&ctx, &snapshot, content).await?;
             Ok(Action::await_change())
         }
     }
@@ -225,56 +225,55 @@ async fn take<C: Controller>(
     Ok(())
 }
 
+/// Applies the bound content's deletion policy (the content as read, if there is one),
+/// then drops Warren's finalizer.
 async fn delete<C: Controller>(
     ctx: &SnapshotContext<C>,
     snapshot: &DynamicObject,
-    content_name: Option<&str>,
+    content: Option<DynamicObject>,
 ) -> Result<()> {
-    let contents = ctx.contents();
-    if let Some(content_name) = content_name {
-        if let Some(content) = contents.get_opt(content_name).await? {
-            let policy = content.data["spec"]["deletionPolicy"]
-                .as_str()
-                .unwrap_or("Delete")
-                .to_string();
-            if policy == "Delete" {
-                let handle = match content_status(&content).snapshot_handle {
-                    Some(handle) => Some(handle),
-                    // A crash between taking the snapshot and recording its handle: asking
-                    // again under the same name answers with the one taken (or takes it),
-                    // so nothing is left behind either way.
-                    None => match content.data["spec"]["source"]["volumeHandle"].as_str() {
-                        Some(source) => ctx
-                            .csi
-                            .create_snapshot(Request::new(CreateSnapshotRequest {
-                                source_volume_id: source.into(),
-                                name: format!("snapshot-{}", snapshot.uid().unwrap_or_default()),
-                                ..Default::default()
-                            }))
-                            .await
-                            .ok()
-                            .and_then(|r| r.into_inner().snapshot)
-                            .map(|s| s.snapshot_id),
-                        None => None,
-                    },
-                };
-                if let Some(handle) = handle {
-                    ctx.csi
-                        .delete_snapshot(Request::new(DeleteSnapshotRequest {
-                            snapshot_id: handle,
+    if let Some(content) = content {
+        let policy = content.data["spec"]["deletionPolicy"]
+            .as_str()
+            .unwrap_or("Delete");
+        if policy == "Delete" {
+            let handle = match content_status(&content).snapshot_handle {
+                Some(handle) => Some(handle),
+                // A crash between taking the snapshot and recording its handle: asking
+                // again under the same name answers with the one taken (or takes it),
+                // so nothing is left behind either way.
+                None => match content.data["spec"]["source"]["volumeHandle"].as_str() {
+                    Some(source) => ctx
+                        .csi
+                        .create_snapshot(Request::new(CreateSnapshotRequest {
+                            source_volume_id: source.into(),
+                            name: format!("snapshot-{}", snapshot.uid().unwrap_or_default()),
                             ..Default::default()
                         }))
                         .await
-                        .map_err(Error::csi("DeleteSnapshot"))?;
-                }
-                match contents
-                    .delete(content_name, &DeleteParams::default())
+                        .ok()
+                        .and_then(|r| r.into_inner().snapshot)
+                        .map(|s| s.snapshot_id),
+                    None => None,
+                },
+            };
+            if let Some(handle) = handle {
+                ctx.csi
+                    .delete_snapshot(Request::new(DeleteSnapshotRequest {
+                        snapshot_id: handle,
+                        ..Default::default()
+                    }))
                     .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                    .map_err(Error::csi("DeleteSnapshot"))?;
+            }
+            match ctx
+                .contents()
+                .delete(&content.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

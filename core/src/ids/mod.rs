@@ -53,11 +53,6 @@ impl IdKind {
             IdKind::Replicated => "replicated",
         }
     }
-
-    /// Whether objects of this kind live on an NFS server rather than on a node.
-    pub fn is_nfs(self) -> bool {
-        matches!(self, IdKind::NfsVolume | IdKind::NfsSnapshot)
-    }
 }
 
 /// Whether `id` is meant as an NFS volume ID (then the NFS parser says whether it is one).

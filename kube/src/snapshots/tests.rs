@@ -8,6 +8,15 @@ use crate::test_support::fixtures::{
     volume_snapshot as snapshot, NFS_HANDLE, SHARE_HANDLE,
 };
 
+/// Snapshot `uid`, being deleted, bound to `snapcontent-<uid>`, with `finalizer` on it.
+fn being_deleted(uid: &str, finalizer: &str) -> DynamicObject {
+    snapshot(
+        json!({"metadata": {"name": "snap", "namespace": "default", "uid": uid,
+        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [finalizer]},
+        "status": {"boundVolumeSnapshotContentName": format!("snapcontent-{uid}")}}),
+    )
+}
+
 #[test]
 fn the_source_volumes_node_takes_the_snapshot() {
     let s = snapshot(json!({}));
@@ -71,11 +80,7 @@ fn classes_and_sources_that_are_not_warrens() {
 fn deletion_goes_through_warrens_finalizer() {
     let pv = volume("n1", "1Gi");
     let c = class(DRIVER, false);
-    let deleting = snapshot(
-        json!({"metadata": {"name": "snap", "namespace": "default", "uid": "77",
-        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER]},
-        "status": {"boundVolumeSnapshotContentName": "snapcontent-77"}}),
-    );
+    let deleting = being_deleted("77", FINALIZER);
     assert_eq!(
         decide(&deleting, Some(&c), Some(&bound_claim()), Some(&pv), "n1"),
         SnapshotAction::Delete {
@@ -177,11 +182,7 @@ fn the_leader_snapshots_an_nfs_volume() {
 #[test]
 fn the_leader_deletes_nfs_snapshots_even_without_their_source() {
     let c = class(DRIVER, false);
-    let deleting = snapshot(
-        json!({"metadata": {"name": "snap", "namespace": "default", "uid": "77",
-        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER]},
-        "status": {"boundVolumeSnapshotContentName": "snapcontent-77"}}),
-    );
+    let deleting = being_deleted("77", FINALIZER);
     let want = SnapshotAction::Delete {
         content: Some("snapcontent-77".into()),
     };
@@ -222,11 +223,7 @@ fn the_leader_deletes_nfs_snapshots_even_without_their_source() {
         SnapshotAction::Nothing(_)
     ));
     // Without Warren's finalizer it is not Warren's to finish.
-    let unfinalized = snapshot(
-        json!({"metadata": {"name": "snap", "namespace": "default", "uid": "77",
-        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["other"]},
-        "status": {"boundVolumeSnapshotContentName": "snapcontent-77"}}),
-    );
+    let unfinalized = being_deleted("77", "other");
     assert!(matches!(
         decide_as(&unfinalized, Some(&c), None, None, "n2", true, handle),
         SnapshotAction::Nothing(_)
@@ -244,11 +241,7 @@ fn the_leader_deletes_nfs_snapshots_even_without_their_source() {
 #[test]
 fn the_node_a_local_snapshot_names_deletes_it_without_its_source() {
     let c = class(DRIVER, false);
-    let deleting = snapshot(
-        json!({"metadata": {"name": "snap", "namespace": "default", "uid": "78",
-        "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER]},
-        "status": {"boundVolumeSnapshotContentName": "snapcontent-78"}}),
-    );
+    let deleting = being_deleted("78", FINALIZER);
     let want = SnapshotAction::Delete {
         content: Some("snapcontent-78".into()),
     };

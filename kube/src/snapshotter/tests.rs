@@ -74,6 +74,19 @@ fn on_n1(client: kube::Client, csi: FakeCsi) -> Arc<SnapshotContext<FakeCsi>> {
     )
 }
 
+/// A node whose informers no longer hold the snapshot's source claim and volume.
+fn source_gone(client: kube::Client, node: &str, leading: bool) -> Arc<SnapshotContext<FakeCsi>> {
+    snapshot_context(
+        client,
+        FakeCsi::default(),
+        node,
+        leading,
+        vec![],
+        vec![],
+        vec![snapshot_class(DRIVER, false)],
+    )
+}
+
 #[tokio::test]
 async fn the_source_volumes_node_takes_the_snapshot_and_records_it_on_both_objects() {
     within(async {
@@ -227,17 +240,7 @@ async fn deleting_under_retain_keeps_the_snapshot_and_its_content() {
 #[tokio::test]
 async fn the_leader_deletes_an_nfs_snapshot_whose_source_is_gone() {
     within(async {
-        let gone = |client, leading| {
-            snapshot_context(
-                client,
-                FakeCsi::default(),
-                "n2",
-                leading,
-                vec![],
-                vec![],
-                vec![snapshot_class(DRIVER, false)],
-            )
-        };
+        let gone = |client, leading| source_gone(client, "n2", leading);
         // Not the leader: it reads whose the snapshot is, and leaves it to the leader.
         let (client, mut api) = mock_api::pair();
         let ctx = gone(client, false);
@@ -255,9 +258,7 @@ async fn the_leader_deletes_an_nfs_snapshot_whose_source_is_gone() {
         let (client, mut api) = mock_api::pair();
         let ctx = gone(client, true);
         let task = tokio::spawn(reconcile_snapshot(Arc::new(deleting()), ctx.clone()));
-        api.expect(Method::GET, CONTENT)
-            .await
-            .ok(content("Delete", NFS_TAKEN));
+        // Read once, for whose it is and for its deletion policy.
         api.expect(Method::GET, CONTENT)
             .await
             .ok(content("Delete", NFS_TAKEN));
@@ -282,17 +283,7 @@ async fn the_leader_deletes_an_nfs_snapshot_whose_source_is_gone() {
 #[tokio::test]
 async fn the_node_holding_a_local_snapshot_deletes_it_after_its_source_is_gone() {
     within(async {
-        let gone = |client, node| {
-            snapshot_context(
-                client,
-                FakeCsi::default(),
-                node,
-                false,
-                vec![],
-                vec![],
-                vec![snapshot_class(DRIVER, false)],
-            )
-        };
+        let gone = |client, node| source_gone(client, node, false);
         // Another node reads the handle and leaves it.
         let (client, mut api) = mock_api::pair();
         let ctx = gone(client, "n2");
@@ -310,9 +301,6 @@ async fn the_node_holding_a_local_snapshot_deletes_it_after_its_source_is_gone()
         let (client, mut api) = mock_api::pair();
         let ctx = gone(client, "n1");
         let task = tokio::spawn(reconcile_snapshot(Arc::new(deleting()), ctx.clone()));
-        api.expect(Method::GET, CONTENT)
-            .await
-            .ok(content("Delete", TAKEN));
         api.expect(Method::GET, CONTENT)
             .await
             .ok(content("Delete", TAKEN));
