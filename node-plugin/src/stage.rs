@@ -213,7 +213,7 @@ impl Stager {
                     )));
                 }
                 if shared.is_empty() {
-                    self.store.devices().detach(&image)?;
+                    self.store.devices().detach_device(&dev)?;
                 }
             }
         }

@@ -19,7 +19,8 @@ impl Inner {
     /// crash left frozen.
     pub(super) fn recover(&self) -> Result<()> {
         let images = self.live_images()?;
-        self.detach_orphans(&images)?;
+        let attached = self.devices.attached()?;
+        self.detach_orphans(&attached, &images)?;
         for dir in [self.dirs.creating(), self.dirs.trash()] {
             for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
                 let path = entry.map_err(io_err("list"))?.path();
@@ -28,7 +29,7 @@ impl Inner {
             }
         }
         // A crash during a snapshot copy would leave the volume's file system frozen.
-        let attached = self.devices.attached()?;
+        // (`attached` still lists the orphans detached above: none backs a live image.)
         for entry in mountinfo::read()? {
             let ours = attached.iter().any(|a| {
                 Path::new(&entry.source) == a.device
@@ -60,15 +61,10 @@ impl Inner {
     /// in use is cut off. A device whose path the kernel can no longer show under this root
     /// (attached from a mount namespace that is gone) is left alone: it cannot be told
     /// from another store's on the same file system.
-    fn detach_orphans(&self, images: &HashSet<(u64, u64)>) -> Result<()> {
+    fn detach_orphans(&self, attached: &[Attached], images: &HashSet<(u64, u64)>) -> Result<()> {
         let root = fs::canonicalize(&self.dirs.root)
             .map_err(io_err(format!("resolve {}", self.dirs.root.display())))?;
-        for orphan in self
-            .devices
-            .attached()?
-            .into_iter()
-            .filter(|a| is_orphan(a, &root, images))
-        {
+        for orphan in attached.iter().filter(|a| is_orphan(a, &root, images)) {
             tracing::warn!(
                 device = %orphan.device.display(),
                 backing = orphan.backing_path,
@@ -83,7 +79,7 @@ impl Inner {
 /// Whether a loop device backs what was an image of the store at `root` and is no
 /// volume's image now: its file is `<root>/volumes|.trash|.creating/<name>/disk.img`
 /// (perhaps `(deleted)`), and its inode is not a live volume's.
-pub fn is_orphan(a: &Attached, root: &Path, images: &HashSet<(u64, u64)>) -> bool {
+fn is_orphan(a: &Attached, root: &Path, images: &HashSet<(u64, u64)>) -> bool {
     if images.contains(&(a.backing_dev, a.backing_inode)) {
         return false;
     }

@@ -49,7 +49,12 @@ impl Inner {
         let bin = self.dirs.trash().join(format!("{key}-{nanos}"));
         std::fs::rename(dir, &bin).map_err(io_err(format!("move {} to trash", dir.display())))?;
         sync_dir(dir.parent().unwrap_or(&self.dirs.root))?;
-        remove_object_dir(&bin)
+        // Checked above: mountinfo is not read again. The walk itself still never enters
+        // a mount made since.
+        match resolve_parent(&bin)? {
+            Some(bin) => remove_tree(&bin),
+            None => Ok(()),
+        }
     }
 }
 
@@ -59,19 +64,24 @@ pub(super) fn remove_object_dir(path: &Path) -> Result<()> {
     let Some(path) = resolve_parent(path)? else {
         return Ok(());
     };
-    check_nothing_mounted_inside(&path)?;
+    refuse_mounts_inside(&path)?;
     remove_tree(&path)
 }
 
 /// FAILED_PRECONDITION when a file system is mounted at or below `path` (as mountinfo
 /// shows it), so a caller can refuse before changing anything.
 pub(super) fn check_nothing_mounted_inside(path: &Path) -> Result<()> {
-    let Some(path) = resolve_parent(path)? else {
-        return Ok(());
-    };
+    match resolve_parent(path)? {
+        Some(path) => refuse_mounts_inside(&path),
+        None => Ok(()),
+    }
+}
+
+/// `check_nothing_mounted_inside` for a path whose parent is already resolved.
+fn refuse_mounts_inside(path: &Path) -> Result<()> {
     let mounts = mountinfo::read()?;
-    match mount_inside(&mounts, &path) {
-        Some(m) => Err(mounted_inside(&path, &m.mount_point, Some(m))),
+    match mount_inside(&mounts, path) {
+        Some(m) => Err(mounted_inside(path, &m.mount_point, Some(m))),
         None => Ok(()),
     }
 }

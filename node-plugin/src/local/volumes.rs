@@ -205,29 +205,22 @@ impl Inner {
         }
     }
 
-    /// Whether anything on this node still uses the volume (mounted, or its image attached).
-    fn in_use(&self, meta: &VolumeMeta) -> Result<Option<String>> {
-        let dir = self.dirs.volume(&meta.id.key);
+    /// Whether anything on this node still uses the volume: a mount of its image's loop
+    /// device `image_dev` (found by the caller), or a bind mount of its directory.
+    fn in_use(&self, meta: &VolumeMeta, image_dev: Option<&Path>) -> Result<Option<String>> {
         let mounts = mountinfo::read()?;
-        match meta.id.layout {
+        let used = match meta.id.layout {
             Layout::Image => {
-                let image = payload(&dir, Layout::Image);
-                if let Some(dev) = self.devices.find(&image)? {
-                    if let Some(m) = mounts.iter().find(|m| Path::new(&m.source) == dev) {
-                        return Ok(Some(format!("mounted at {}", m.mount_point.display())));
-                    }
-                }
+                image_dev.and_then(|dev| mounts.iter().find(|m| Path::new(&m.source) == dev))
             }
             Layout::Dir => {
                 let suffix = Path::new("volumes")
                     .join(meta.id.key.as_str())
                     .join(super::DATA);
-                if let Some(m) = mounts.iter().find(|m| m.root.ends_with(&suffix)) {
-                    return Ok(Some(format!("mounted at {}", m.mount_point.display())));
-                }
+                mounts.iter().find(|m| m.root.ends_with(&suffix))
             }
-        }
-        Ok(None)
+        };
+        Ok(used.map(|m| format!("mounted at {}", m.mount_point.display())))
     }
 
     pub(super) fn delete_volume(&self, id: &VolumeId) -> Result<()> {
@@ -236,15 +229,20 @@ impl Inner {
             Err(Error::Core(CoreError::NotFound(_))) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if let Some(how) = self.in_use(&meta)? {
+        let dir = self.dirs.volume(&id.key);
+        // The loop device is looked up once: to see whether it is mounted, then to detach it.
+        let image_dev = match id.layout {
+            Layout::Image => self.devices.find(&payload(&dir, Layout::Image))?,
+            Layout::Dir => None,
+        };
+        if let Some(how) = self.in_use(&meta, image_dev.as_deref())? {
             return Err(CoreError::FailedPrecondition(format!(
                 "volume {id} is still in use on this node ({how}); unpublish and unstage it first"
             ))
             .into());
         }
-        let dir = self.dirs.volume(&id.key);
-        if id.layout == Layout::Image {
-            self.devices.detach(&payload(&dir, Layout::Image))?;
+        if let Some(dev) = image_dev {
+            self.devices.detach_device(&dev)?;
         }
         self.trash(&dir, &id.key)?;
         tracing::info!(volume = %id, "volume deleted");
