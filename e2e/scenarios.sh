@@ -106,15 +106,20 @@ s_online_expansion() {
 
 snapshot_ready() { [[ "$(jp volumesnapshot "$1" '{.status.readyToUse}')" == true ]]; }
 
-s_snapshot_restore() {
+# volume_snapshot NAME CLAIM: a VolumeSnapshot of CLAIM in Warren's class.
+volume_snapshot() {
   kn apply -f - >/dev/null <<EOF
 apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshot
-metadata: {name: snap1}
+metadata: {name: $1}
 spec:
   volumeSnapshotClassName: warren-snapshots
-  source: {persistentVolumeClaimName: data1}
+  source: {persistentVolumeClaimName: $2}
 EOF
+}
+
+s_snapshot_restore() {
+  volume_snapshot snap1 data1
   wait_until "snapshot snap1 ready to use" 60 snapshot_ready snap1
   local content
   content="$(jp volumesnapshot snap1 '{.status.boundVolumeSnapshotContentName}')"
@@ -143,18 +148,6 @@ s_clone() {
   run_pod source-reader "" data1 "test ! -e /data/clone" >/dev/null || fail "a write to the clone reached the source"
   echo "clone of data1 has its data; writes to the clone stay in the clone"
   kn delete pod clone-reader source-reader --wait=true >/dev/null
-}
-
-# volume_snapshot NAME CLAIM: a VolumeSnapshot of CLAIM in Warren's class.
-volume_snapshot() {
-  kn apply -f - >/dev/null <<EOF
-apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: $1}
-spec:
-  volumeSnapshotClassName: warren-snapshots
-  source: {persistentVolumeClaimName: $2}
-EOF
 }
 
 s_xfs_copies_beside_source() {
