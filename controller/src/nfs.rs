@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use csi_proto::v1::*;
 use serde::{Deserialize, Serialize};
 use warren_core::capability::{parse_shared_capabilities, Access};
-use warren_core::ids::Key;
+use warren_core::ids::{self, Key};
 use warren_core::lock::KeyedLocks;
 use warren_core::validate::{resolve_capacity, validate_name};
 use warren_core::{Error, Result};
@@ -118,7 +118,7 @@ fn not_found(what: &str, raw: &str) -> Error {
 
 fn csi_volume(rec: &NfsVolumeRecord) -> Volume {
     let content_source = rec.source.as_ref().map(|s| VolumeContentSource {
-        r#type: Some(if NfsSnapshotId::is_nfs(s) {
+        r#type: Some(if ids::is_nfs_snapshot(s) {
             volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
                 snapshot_id: s.clone(),
             })

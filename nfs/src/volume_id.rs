@@ -37,11 +37,6 @@ impl NfsVolumeId {
         }
     }
 
-    /// Whether `id` is meant as an NFS volume ID (then `parse` says whether it is one).
-    pub fn is_nfs(id: &str) -> bool {
-        warren_core::ids::is_nfs_volume(id)
-    }
-
     pub fn parse(id: &str) -> Result<Self> {
         let bad = |why: &str| Error::InvalidArgument(format!("malformed NFS volume id: {why}"));
         if id.len() > MAX_LEN {
@@ -119,10 +114,6 @@ impl NfsSnapshotId {
             share: volume.share.clone(),
             key: key.to_string(),
         }
-    }
-
-    pub fn is_nfs(id: &str) -> bool {
-        warren_core::ids::is_nfs_snapshot(id)
     }
 
     /// The snapshot's directory, relative to the share.
@@ -220,7 +211,7 @@ mod tests {
             id("[fd00::5]", "/exports/k8s", "a/b/c", OnDelete::Retain),
         ] {
             let text = v.to_string();
-            assert!(NfsVolumeId::is_nfs(&text));
+            assert!(warren_core::ids::is_nfs_volume(&text));
             assert_eq!(NfsVolumeId::parse(&text).unwrap(), v, "{text}");
         }
         assert_eq!(
@@ -258,7 +249,9 @@ mod tests {
             text,
             "nfssnap#nfs.example.com#/srv/a%23b#0123456789abcdef0123456789abcdef"
         );
-        assert!(NfsSnapshotId::is_nfs(&text) && !NfsVolumeId::is_nfs(&text));
+        assert!(
+            warren_core::ids::is_nfs_snapshot(&text) && !warren_core::ids::is_nfs_volume(&text)
+        );
         assert_eq!(NfsSnapshotId::parse(&text).unwrap(), snap);
         assert_eq!(
             snap.sub_dir(),

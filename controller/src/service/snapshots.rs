@@ -2,12 +2,12 @@
 
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
-use warren_core::ids::{Key, SnapshotId, VolumeId};
+use warren_core::ids::{self, Key, SnapshotId, VolumeId};
 use warren_core::storage::SnapshotInfo;
 use warren_core::validate::validate_name;
 use warren_core::{Error, Result};
 
-use warren_nfs::volume_id::{NfsSnapshotId, NfsVolumeId};
+use warren_nfs::volume_id::NfsSnapshotId;
 
 use crate::records::{SnapshotRecord, State};
 
@@ -46,7 +46,7 @@ impl ControllerService {
                 "unknown snapshot parameter {key:?}: local snapshots take none"
             )));
         }
-        if NfsVolumeId::is_nfs(&req.source_volume_id) {
+        if ids::is_nfs_volume(&req.source_volume_id) {
             let source = crate::nfs::volume_id(&req.source_volume_id).ok_or_else(|| {
                 Error::NotFound(format!("volume {:?} does not exist", req.source_volume_id))
             })?;
@@ -105,7 +105,7 @@ impl ControllerService {
     }
 
     pub(super) async fn delete_snapshot_inner(&self, req: DeleteSnapshotRequest) -> Result<()> {
-        if NfsSnapshotId::is_nfs(&req.snapshot_id) {
+        if ids::is_nfs_snapshot(&req.snapshot_id) {
             return match NfsSnapshotId::parse(&req.snapshot_id) {
                 Ok(id) => self.nfs.delete_snapshot(&id).await,
                 Err(_) => Ok(()),
@@ -136,7 +136,7 @@ impl ControllerService {
         req: Request<GetSnapshotRequest>,
     ) -> Reply<GetSnapshotResponse> {
         let req = req.into_inner();
-        if NfsSnapshotId::is_nfs(&req.snapshot_id) {
+        if ids::is_nfs_snapshot(&req.snapshot_id) {
             let snapshot = self.nfs.snapshot(&req.snapshot_id).ok_or_else(|| {
                 Status::not_found(format!("snapshot {:?} does not exist", req.snapshot_id))
             })?;

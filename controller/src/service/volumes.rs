@@ -8,15 +8,13 @@ use warren_core::capability::{
     parse_capabilities, parse_capability, parse_shared_capabilities, parse_shared_capability,
     Access,
 };
-use warren_core::ids::{Key, Layout, SnapshotId, VolumeId};
+use warren_core::ids::{self, Key, Layout, SnapshotId, VolumeId};
 use warren_core::params::{
     backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE, CONTEXT_SHARE,
 };
 use warren_core::storage::{ContentSource, VolumeSpec};
 use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
-
-use warren_nfs::volume_id::NfsVolumeId;
 
 use crate::placement::candidates;
 use crate::records::{State, VolumeRecord};
@@ -268,7 +266,7 @@ impl ControllerService {
     }
 
     pub(super) async fn delete_volume_inner(&self, req: DeleteVolumeRequest) -> Result<()> {
-        if NfsVolumeId::is_nfs(&req.volume_id) {
+        if ids::is_nfs_volume(&req.volume_id) {
             return match crate::nfs::volume_id(&req.volume_id) {
                 Some(id) => self.nfs.delete_volume(&id).await,
                 None => Ok(()),
@@ -316,7 +314,7 @@ impl ControllerService {
             .capacity_range
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
-        if NfsVolumeId::is_nfs(&req.volume_id) {
+        if ids::is_nfs_volume(&req.volume_id) {
             return Ok((self.nfs.expand(&req.volume_id, range).await?, false));
         }
         let rec = self.ready_volume(&req.volume_id)?;
@@ -363,7 +361,7 @@ impl ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
-        if NfsVolumeId::is_nfs(&req.volume_id) {
+        if ids::is_nfs_volume(&req.volume_id) {
             self.nfs.existing(&req.volume_id).await?;
             let problem =
                 req.volume_capabilities
@@ -411,7 +409,7 @@ impl ControllerService {
         &self,
         req: Request<ControllerGetVolumeRequest>,
     ) -> Reply<ControllerGetVolumeResponse> {
-        if NfsVolumeId::is_nfs(&req.get_ref().volume_id) {
+        if ids::is_nfs_volume(&req.get_ref().volume_id) {
             let (volume, condition) = self.nfs.get_volume(&req.get_ref().volume_id).await?;
             return Ok(Response::new(ControllerGetVolumeResponse {
                 volume: Some(volume),
