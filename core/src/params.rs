@@ -22,7 +22,13 @@ pub enum Backend {
 
 /// The backend a StorageClass asks for (`backend`, `local` when absent).
 pub fn backend(params: &HashMap<String, String>) -> Result<Backend> {
-    match params.get(KEY_BACKEND).map(String::as_str) {
+    parse_backend(params.get(KEY_BACKEND).map(String::as_str))
+}
+
+/// A `backend` parameter's value (None: absent, so `local`), for callers whose parameters
+/// are not a `HashMap` (a StorageClass object's are a `BTreeMap`).
+pub fn parse_backend(value: Option<&str>) -> Result<Backend> {
+    match value {
         None | Some("local") => Ok(Backend::Local),
         Some("nfs") => Ok(Backend::Nfs),
         Some("share") => Ok(Backend::Share),

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use warren_core::ids;
-use warren_core::params::KEY_BACKEND;
+use warren_core::params::{parse_backend, Backend, KEY_BACKEND};
 
 use crate::quantity::parse_bytes;
 use crate::{DRIVER, TOPOLOGY_KEY};
@@ -43,8 +43,6 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// The claim's resize state (`allocatedResourceStatuses.storage`) while the controller
 /// side of an expansion is under way.
 pub const CONTROLLER_RESIZE_IN_PROGRESS: &str = "ControllerResizeInProgress";
-/// The `backend` of a StorageClass whose volumes are sub-directories on an NFS server.
-pub const BACKEND_NFS: &str = "nfs";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimAction {
@@ -339,7 +337,7 @@ pub fn class_is_nfs(class: &StorageClass) -> bool {
         .parameters
         .as_ref()
         .and_then(|p| p.get(KEY_BACKEND))
-        .is_some_and(|b| b == BACKEND_NFS)
+        .is_some_and(|b| parse_backend(Some(b)).is_ok_and(|b| b == Backend::Nfs))
 }
 
 /// Whether a PV is an NFS volume of Warren's, by its CSI handle.
