@@ -17,8 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::ids::{Layout, SnapshotId, VolumeId};
-use crate::storage::{Capacity, NodeStorage, SnapshotInfo, VolumeInfo, VolumeSpec};
+use crate::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
+use crate::storage::{
+    Capacity, NodeStorage, ReplicaInfo, ReplicaSpec, SnapshotInfo, VolumeInfo, VolumeSpec,
+};
 
 pub mod pb {
     tonic::include_proto!("warren.agent.v1");
@@ -145,6 +147,15 @@ impl AgentService for Agent {
     async fn capacity(&self, req: Request<Json>) -> Reply {
         reply(self.storage.capacity(decode(req.get_ref())?).await)
     }
+    async fn create_replica(&self, req: Request<Json>) -> Reply {
+        reply(self.storage.create_replica(decode(req.get_ref())?).await)
+    }
+    async fn delete_replica(&self, req: Request<Json>) -> Reply {
+        reply(self.storage.delete_replica(decode(req.get_ref())?).await)
+    }
+    async fn get_replica(&self, req: Request<Json>) -> Reply {
+        reply(self.storage.get_replica(decode(req.get_ref())?).await)
+    }
 }
 
 /// A node's storage reached over the network.
@@ -238,6 +249,15 @@ impl NodeStorage for RemoteNodeStorage {
     }
     async fn capacity(&self, layout: Layout) -> Result<Capacity> {
         remote_call!(self, capacity, layout)
+    }
+    async fn create_replica(&self, spec: ReplicaSpec) -> Result<ReplicaInfo> {
+        remote_call!(self, create_replica, spec)
+    }
+    async fn delete_replica(&self, volume: ReplicatedVolumeId) -> Result<()> {
+        remote_call!(self, delete_replica, volume)
+    }
+    async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
+        remote_call!(self, get_replica, volume)
     }
 }
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::ids::{Layout, SnapshotId, VolumeId};
+use crate::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
 
 /// Whether an image volume's blocks are reserved up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -88,13 +88,44 @@ pub struct SnapshotInfo {
     pub ready: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// Bytes a new volume can still take on this node.
     pub available_bytes: u64,
     pub total_bytes: u64,
     /// The largest single volume this node could hold now.
     pub maximum_volume_bytes: u64,
+    /// Where this node's replica service listens (`HOST:PORT`), when it hosts one: only
+    /// such nodes can hold replicas of replicated volumes.
+    #[serde(default)]
+    pub replica_endpoint: Option<String>,
+}
+
+/// One node's replica of a replicated volume, as the controller asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSpec {
+    pub volume: ReplicatedVolumeId,
+    /// The volume's size in bytes (a multiple of 4096).
+    pub size_bytes: u64,
+    /// Every replica of the volume (node names), this one included: committed as the
+    /// first generation's members on each, so the first engine finds them all in sync.
+    pub members: Vec<String>,
+}
+
+/// A node's replica of a replicated volume, as its node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub volume: ReplicatedVolumeId,
+    /// The node (and replica name) that holds it.
+    pub node: String,
+    /// Where engines reach it: the node's replica service, `HOST:PORT`.
+    pub endpoint: String,
+    pub size_bytes: u64,
+    /// The last generation committed on this replica and its member list then.
+    pub gen: u64,
+    pub members: Vec<String>,
+    /// Whether it holds all the data of its generation (not mid-rebuild).
+    pub in_sync: bool,
 }
 
 /// A node's storage, as the controller sees it.
@@ -120,4 +151,26 @@ pub trait NodeStorage: Send + Sync + 'static {
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<()>;
     async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>>;
     async fn capacity(&self, layout: Layout) -> Result<Capacity>;
+    /// Creates this node's replica of a replicated volume, or returns it if it exists
+    /// with the same size; ALREADY_EXISTS with another size. FAILED_PRECONDITION on a node
+    /// that hosts no replica service (the default: only the node's replica layer, in
+    /// warren-node, overrides these three).
+    async fn create_replica(&self, spec: ReplicaSpec) -> Result<ReplicaInfo> {
+        Err(no_replica_service(&spec.volume))
+    }
+    /// Deletes this node's replica; a missing one is success. FAILED_PRECONDITION while
+    /// an engine has it open.
+    async fn delete_replica(&self, volume: ReplicatedVolumeId) -> Result<()> {
+        Err(no_replica_service(&volume))
+    }
+    /// This node's replica, NOT_FOUND if it holds none.
+    async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
+        Err(no_replica_service(&volume))
+    }
+}
+
+fn no_replica_service(volume: &ReplicatedVolumeId) -> crate::Error {
+    crate::Error::FailedPrecondition(format!(
+        "this node hosts no replica service, so it holds no replica of {volume}"
+    ))
 }

@@ -7,7 +7,7 @@
 //! snap#<layout>#<node>#<key>             a local volume's snapshot               local::SnapshotId
 //! nfs#<server>#<share>#<subdir>#<onDelete>   an NFS volume            warren_nfs::volume_id
 //! nfssnap#<server>#<share>#<key>         an NFS volume's snapshot        warren_nfs::volume_id
-//! replicated#...                         reserved for replicated volumes (not made yet)
+//! replicated#<key>                      a replicated volume                 replicated::ReplicatedVolumeId
 //! ```
 //!
 //! The NFS fields are validated by the NFS crate, with the same rules as the StorageClass
@@ -15,8 +15,10 @@
 //! decided here and nowhere else.
 
 mod local;
+mod replicated;
 
 pub use local::{Key, Layout, ObjectId, SnapshotId, VolumeId};
+pub use replicated::ReplicatedVolumeId;
 
 /// What a CSI volume or snapshot ID names, told by its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,11 @@ pub fn is_nfs_volume(id: &str) -> bool {
 /// Whether `id` is meant as an NFS snapshot ID.
 pub fn is_nfs_snapshot(id: &str) -> bool {
     IdKind::of(id) == Some(IdKind::NfsSnapshot)
+}
+
+/// Whether `id` is meant as a replicated volume ID.
+pub fn is_replicated_volume(id: &str) -> bool {
+    IdKind::of(id) == Some(IdKind::Replicated)
 }
 
 /// The node a well-formed local volume ID names (a share's volume has one too), else None.

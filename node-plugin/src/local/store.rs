@@ -159,6 +159,7 @@ impl Inner {
             available_bytes: available,
             total_bytes: st.blocks() as u64 * frsize,
             maximum_volume_bytes: available,
+            replica_endpoint: None,
         })
     }
 }

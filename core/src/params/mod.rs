@@ -8,6 +8,16 @@ use crate::error::{Error, Result};
 use crate::ids::Layout;
 use crate::storage::Allocation;
 
+mod replicated;
+mod replicated_context;
+
+pub use replicated::{
+    parse_replicated_params, DataLocality, ReplicatedParams, Spread, MAX_REPLICAS,
+};
+pub use replicated_context::{
+    ReplicaEndpoint, ReplicatedContext, CONTEXT_REBUILD_RATE, CONTEXT_REPLICAS, CONTEXT_SIZE,
+};
+
 /// The kinds of volume a StorageClass can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -18,6 +28,21 @@ pub enum Backend {
     /// The built-in share: a local image volume on one node, served by that node's Warren
     /// over NFS to the others (every access mode). The same parameters as `local`.
     Share,
+    /// A block volume kept in sync on N nodes (`replicas`), served by an engine on the
+    /// node that stages it; parameters in `replicated.rs`.
+    Replicated,
+}
+
+impl Backend {
+    /// The `backend` parameter's value that names this kind.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Nfs => "nfs",
+            Backend::Share => "share",
+            Backend::Replicated => "replicated",
+        }
+    }
 }
 
 /// The backend a StorageClass asks for (`backend`, `local` when absent).
@@ -32,11 +57,9 @@ pub fn parse_backend(value: Option<&str>) -> Result<Backend> {
         None | Some("local") => Ok(Backend::Local),
         Some("nfs") => Ok(Backend::Nfs),
         Some("share") => Ok(Backend::Share),
-        Some(b @ "replicated") => Err(Error::InvalidArgument(format!(
-            "backend {b:?} is not available in this version of Warren (supported: \"local\", \"nfs\", \"share\")"
-        ))),
+        Some("replicated") => Ok(Backend::Replicated),
         Some(other) => Err(Error::InvalidArgument(format!(
-            "unknown backend {other:?} (supported: \"local\", \"nfs\", \"share\")"
+            "unknown backend {other:?} (supported: \"local\", \"nfs\", \"share\", \"replicated\")"
         ))),
     }
 }
@@ -69,10 +92,11 @@ pub const CONTEXT_SHARE: &str = "warren.csi.dev/share";
 /// Parses CreateVolume's `parameters` of a `backend: local` or `backend: share` class.
 pub fn parse_params(params: &HashMap<String, String>) -> Result<VolumeParams> {
     let shared = match backend(params)? {
-        Backend::Nfs => {
-            return Err(Error::InvalidArgument(
-                "backend \"nfs\" is not a local volume".into(),
-            ))
+        b @ (Backend::Nfs | Backend::Replicated) => {
+            return Err(Error::InvalidArgument(format!(
+                "backend {:?} is not a local volume",
+                b.as_str()
+            )))
         }
         Backend::Local => false,
         Backend::Share => true,
@@ -166,6 +190,7 @@ mod tests {
         for bad in [
             p(&[("backend", "ceph")]),
             p(&[("backend", "replicated")]),
+            p(&[("backend", "zfs")]),
             p(&[("layout", "zfs")]),
             p(&[("allocation", "lazy")]),
             p(&[("fsType", "ntfs")]),
