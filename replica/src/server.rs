@@ -24,6 +24,9 @@ use crate::protocol::{
 };
 use crate::volume::ReplicaVolume;
 
+mod manage;
+pub use manage::CreateOutcome;
+
 /// The largest volume served (64 TiB): its region bitmap must fit in one frame's body
 /// (`GetBitmap`), and a peer's `Open` must not make the replica allocate a bitmap of any
 /// size it names.
