@@ -15,6 +15,12 @@
 //! its class's `backend`, an existing volume by its handle (`nfs#…`), a snapshot by its
 //! handle (`nfssnap#…`).
 //!
+//! Replicated volumes (`backend: replicated`) have no owning node either: their replicas
+//! are on several nodes, reached through the nodes' agents. The leader does everything
+//! to them as to NFS volumes; for a WaitForFirstConsumer claim it gives CreateVolume the
+//! scheduler's node as the preferred one (data locality), never as the only one allowed.
+//! Their handle is `replicated#…`.
+//!
 //! Shared volumes (`backend: share`) are local image volumes their node also serves over
 //! NFS: placed, provisioned, grown, deleted and snapshotted like local volumes (their id
 //! is a local one, `local#image#<node>#<key>`), with every access mode. Their PV has no
@@ -87,10 +93,13 @@ pub struct Provision {
     /// The volume lives on an NFS server (the class's `backend: nfs`): no node holds it,
     /// the leader provisions it, and its PV gets no node affinity.
     pub nfs: bool,
-    /// The node whose topology CreateVolume is given as requisite (as external-provisioner
-    /// gives the selected node's): this node for a local or shared volume; the scheduler's choice
-    /// for an NFS volume of a WaitForFirstConsumer claim; none for an Immediate one.
-    pub requisite_node: Option<String>,
+    /// The nodes whose topologies CreateVolume is given as requisite (empty: none): this
+    /// node for a local or shared volume; the scheduler's choice for an NFS volume of a
+    /// WaitForFirstConsumer claim; for a replicated one, the class's allowedTopologies.
+    pub requisite_nodes: Vec<String>,
+    /// The node CreateVolume is told to prefer (as external-provisioner puts the selected
+    /// node first): this node, or the scheduler's choice.
+    pub preferred_node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,9 +143,9 @@ pub fn decide(
         let Some(csi) = warren_csi(volume) else {
             return Nothing("bound to a volume Warren did not provision");
         };
-        if is_nfs_volume(volume) {
+        if is_leader_owned_volume(volume) {
             if !leader {
-                return Nothing("bound to an NFS volume: the leader grows it");
+                return Nothing("bound to an NFS or replicated volume: the leader grows it");
             }
         } else if volume_node(volume).as_deref() != Some(me) {
             return Nothing("bound to another node's volume");
@@ -176,11 +185,13 @@ pub fn decide(
         return Nothing("waiting for a pod to be scheduled");
     }
     let nfs = class_is_nfs(class);
-    if nfs {
-        // On a server every node reaches: nothing to place, and the leader makes it,
-        // copies (restores, clones) included, whatever node the scheduler chose.
+    let replicated = class_is_replicated(class);
+    if nfs || replicated {
+        // On a server every node reaches, or on several nodes reached through their
+        // agents: nothing to place here, and the leader makes it, copies (restores,
+        // clones) included, whatever node the scheduler chose.
         if !leader {
-            return Nothing("an NFS volume: the leader provisions it");
+            return Nothing("an NFS or replicated volume: the leader provisions it");
         }
     } else {
         // A restore or a clone is made where its source's data is, whatever node was
@@ -236,9 +247,15 @@ pub fn decide(
             .unwrap_or_else(|| "Delete".into()),
         storage_class: class.metadata.name.clone().unwrap_or_default(),
         source,
-        scheduled: wait_for_consumer && !nfs,
+        scheduled: wait_for_consumer && !nfs && !replicated,
         nfs,
-        requisite_node: match (nfs, wait_for_consumer) {
+        requisite_nodes: match (nfs, replicated, wait_for_consumer) {
+            (_, true, _) => allowed_nodes(class).unwrap_or_default(),
+            (false, false, _) => vec![me.to_string()],
+            (true, _, true) => placed.cloned().into_iter().collect(),
+            (true, _, false) => vec![],
+        },
+        preferred_node: match (nfs || replicated, wait_for_consumer) {
             (false, _) => Some(me.to_string()),
             (true, true) => placed.cloned(),
             (true, false) => None,
@@ -340,6 +357,29 @@ pub fn class_is_nfs(class: &StorageClass) -> bool {
         .is_some_and(|b| parse_backend(Some(b)).is_ok_and(|b| b == Backend::Nfs))
 }
 
+/// Whether a class's volumes are replicated over several nodes (`backend: replicated`).
+pub fn class_is_replicated(class: &StorageClass) -> bool {
+    class
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get(KEY_BACKEND))
+        .is_some_and(|b| parse_backend(Some(b)).is_ok_and(|b| b == Backend::Replicated))
+}
+
+/// Whether the leader, not one node, acts on a PV of Warren's: an NFS or a replicated
+/// volume, by its CSI handle.
+pub fn is_leader_owned_volume(volume: &PersistentVolume) -> bool {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .is_some_and(|c| {
+            c.driver == DRIVER
+                && (ids::is_nfs_volume(&c.volume_handle)
+                    || ids::is_replicated_volume(&c.volume_handle))
+        })
+}
+
 /// Whether a PV is an NFS volume of Warren's, by its CSI handle.
 pub fn is_nfs_volume(volume: &PersistentVolume) -> bool {
     volume
@@ -349,10 +389,10 @@ pub fn is_nfs_volume(volume: &PersistentVolume) -> bool {
         .is_some_and(|c| c.driver == DRIVER && ids::is_nfs_volume(&c.volume_handle))
 }
 
-/// Whether this node acts on a volume Warren provisioned: the leader on an NFS volume,
-/// the node that holds it on a local or shared one (`volume_node`).
+/// Whether this node acts on a volume Warren provisioned: the leader on an NFS or a
+/// replicated volume, the node that holds it on a local or shared one (`volume_node`).
 pub fn acts_on(volume: &PersistentVolume, me: &str, leader: bool) -> bool {
-    if is_nfs_volume(volume) {
+    if is_leader_owned_volume(volume) {
         leader
     } else {
         volume_node(volume).as_deref() == Some(me)

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use warren_core::ids;
 
-use crate::claims::{acts_on, is_nfs_volume, warren_csi};
+use crate::claims::{acts_on, is_leader_owned_volume, warren_csi};
 use crate::DRIVER;
 
 /// Warren's finalizer on the VolumeSnapshots it serves: the object stays until the
@@ -141,7 +141,10 @@ enum Owner {
 
 /// The owner a content's `owner_handle` names.
 fn owner_of_handle(handle: &str) -> Owner {
-    if ids::is_nfs_snapshot(handle) || ids::is_nfs_volume(handle) {
+    if ids::is_nfs_snapshot(handle)
+        || ids::is_nfs_volume(handle)
+        || ids::is_replicated_volume(handle)
+    {
         return Owner::Leader;
     }
     match ids::local_snapshot_node(handle).or_else(|| ids::local_volume_node(handle)) {
@@ -209,8 +212,8 @@ pub fn decide_as(
         return Nothing("the source volume is not this node's");
     };
     if !acts_on(volume, me, leader) {
-        return if is_nfs_volume(volume) {
-            Nothing("the source is an NFS volume: the leader snapshots it")
+        return if is_leader_owned_volume(volume) {
+            Nothing("the source is an NFS or replicated volume: the leader snapshots it")
         } else {
             Nothing("the source volume is not this node's")
         };

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 
-use crate::claims::{acts_on, is_nfs_volume, warren_csi};
+use crate::claims::{acts_on, is_leader_owned_volume, warren_csi};
 
 /// Warren's finalizer on the PVs it provisions with reclaim policy Delete: the PV object
 /// cannot vanish (`kubectl delete pv`) before its storage is deleted.
@@ -32,8 +32,8 @@ pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAct
         return Nothing("not provisioned by Warren");
     };
     if !acts_on(volume, me, leader) {
-        return if is_nfs_volume(volume) {
-            Nothing("an NFS volume: the leader deletes it")
+        return if is_leader_owned_volume(volume) {
+            Nothing("an NFS or replicated volume: the leader deletes it")
         } else {
             Nothing("held by another node")
         };
@@ -83,7 +83,8 @@ pub fn decide_as(volume: &PersistentVolume, me: &str, leader: bool) -> VolumeAct
 mod tests {
     use super::*;
     use crate::test_support::fixtures::{
-        nfs_volume, share_volume, volume, NFS_HANDLE, SHARE_HANDLE,
+        nfs_volume, replicated_volume, share_volume, volume, NFS_HANDLE, REPLICATED_HANDLE,
+        SHARE_HANDLE,
     };
     use serde_json::json;
 
@@ -138,6 +139,21 @@ mod tests {
     }
 
     #[test]
+    fn replicated_volumes_are_deleted_by_the_leader_only() {
+        let released = with(replicated_volume("1Gi"), "Released", "Delete");
+        assert_eq!(
+            decide_as(&released, "n3", true),
+            VolumeAction::Delete {
+                volume_handle: REPLICATED_HANDLE.to_string()
+            }
+        );
+        assert!(matches!(
+            decide_as(&released, "n1", false),
+            VolumeAction::Nothing(_)
+        ));
+    }
+
+    #[test]
     fn nfs_volumes_are_deleted_by_the_leader_only() {
         let handle = NFS_HANDLE.to_string();
         let released = with(nfs_volume("1Gi"), "Released", "Delete");
@@ -149,7 +165,7 @@ mod tests {
         );
         assert_eq!(
             decide_as(&released, "n1", false),
-            VolumeAction::Nothing("an NFS volume: the leader deletes it")
+            VolumeAction::Nothing("an NFS or replicated volume: the leader deletes it")
         );
         assert!(matches!(decide(&released, "n1"), VolumeAction::Nothing(_)));
         let kept = with(nfs_volume("1Gi"), "Released", "Retain");

@@ -263,7 +263,7 @@ fn nfs_claims_waiting_for_a_consumer_are_provisioned_by_the_leader_once_schedule
     // The selected node does not act unless it leads; the leader does, wherever it is.
     assert_eq!(
         decide(&on_n2, Some(&sc), None, "n2", false, None),
-        ClaimAction::Nothing("an NFS volume: the leader provisions it")
+        ClaimAction::Nothing("an NFS or replicated volume: the leader provisions it")
     );
     let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n1", true, None) else {
         panic!("the leader provisions an NFS claim");
@@ -271,7 +271,8 @@ fn nfs_claims_waiting_for_a_consumer_are_provisioned_by_the_leader_once_schedule
     assert_eq!(p.name, "pvc-1234");
     assert!(p.nfs);
     // CreateVolume is asked for the scheduler's node, as external-provisioner would.
-    assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+    assert_eq!(p.requisite_nodes, vec!["n2".to_string()]);
+    assert_eq!(p.preferred_node.as_deref(), Some("n2"));
     // No rescheduling on a full server: any node would find it as full, and the
     // scheduler's pending binding needs its choice kept.
     assert!(!p.scheduled);
@@ -297,7 +298,8 @@ fn immediate_nfs_claims_are_provisioned_by_the_leader_without_placement() {
         panic!("no Place step for NFS: the leader provisions at once");
     };
     assert!(p.nfs && !p.scheduled);
-    assert_eq!(p.requisite_node, None);
+    assert!(p.requisite_nodes.is_empty());
+    assert_eq!(p.preferred_node, None);
     assert!(matches!(
         decide(&fresh, Some(&sc), None, "n2", false, None),
         ClaimAction::Nothing(_)
@@ -322,7 +324,7 @@ fn immediate_nfs_claims_are_provisioned_by_the_leader_without_placement() {
         panic!()
     };
     assert!(!p.nfs);
-    assert_eq!(p.requisite_node.as_deref(), Some("n1"));
+    assert_eq!(p.requisite_nodes, vec!["n1".to_string()]);
 }
 
 #[test]
@@ -420,7 +422,7 @@ fn bound_nfs_claims_are_grown_by_the_leader() {
     );
     assert_eq!(
         decide(&bigger, Some(&sc), Some(&pv), "n1", false, None),
-        ClaimAction::Nothing("bound to an NFS volume: the leader grows it")
+        ClaimAction::Nothing("bound to an NFS or replicated volume: the leader grows it")
     );
     let fixed = nfs_class("WaitForFirstConsumer", false);
     assert!(matches!(
@@ -461,7 +463,7 @@ fn share_claims_are_provisioned_by_their_node_with_every_access_mode() {
         p.scheduled,
         "a full node hands the claim back to the scheduler"
     );
-    assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+    assert_eq!(p.requisite_nodes, vec!["n2".to_string()]);
     assert_eq!(
         p.parameters.get("backend").map(String::as_str),
         Some("share")
@@ -571,4 +573,49 @@ fn a_shared_volume_without_node_affinity_belongs_to_the_node_in_its_handle() {
     foreign.spec.as_mut().unwrap().csi.as_mut().unwrap().driver = "other.csi.dev".into();
     assert_eq!(volume_node(&foreign), None);
     assert_eq!(volume_node(&nfs_volume("1Gi")), None);
+}
+
+#[test]
+fn replicated_claims_are_the_leaders_with_the_scheduler_node_preferred() {
+    let sc = replicated_class("WaitForFirstConsumer", None);
+    let on_n2 = claim(
+        json!({SELECTED_NODE: "n2"}),
+        json!({"storageClassName": "warren-replicated"}),
+    );
+    assert_eq!(
+        decide(&on_n2, Some(&sc), None, "n2", false, None),
+        ClaimAction::Nothing("an NFS or replicated volume: the leader provisions it")
+    );
+    let ClaimAction::Provision(p) = decide(&on_n2, Some(&sc), None, "n1", true, None) else {
+        panic!("the leader provisions a replicated claim");
+    };
+    // Preferred, never required: the other replicas go on other nodes.
+    assert!(p.requisite_nodes.is_empty());
+    assert_eq!(p.preferred_node.as_deref(), Some("n2"));
+    // Space is the cluster's, not the scheduler's node's: no rescheduling on a lack of it.
+    assert!(!p.scheduled && !p.nfs);
+
+    // Immediate: at once, by the leader, within the class's allowedTopologies.
+    let limited = replicated_class("Immediate", Some(&["n1", "n3"]));
+    let fresh = claim(json!({}), json!({"storageClassName": "warren-replicated"}));
+    let ClaimAction::Provision(p) = decide(&fresh, Some(&limited), None, "n1", true, None) else {
+        panic!("no Place step for replicated claims");
+    };
+    assert_eq!(p.requisite_nodes, vec!["n1".to_string(), "n3".to_string()]);
+    assert_eq!(p.preferred_node, None);
+    assert!(matches!(
+        decide(&fresh, Some(&limited), None, "n3", false, None),
+        ClaimAction::Nothing(_)
+    ));
+}
+
+#[test]
+fn the_leader_acts_on_replicated_volumes() {
+    let pv = replicated_volume("1Gi");
+    assert!(is_leader_owned_volume(&pv) && !is_nfs_volume(&pv));
+    assert!(acts_on(&pv, "n1", true));
+    assert!(!acts_on(&pv, "n2", false));
+    assert_eq!(volume_node(&pv), None);
+    assert!(is_leader_owned_volume(&nfs_volume("1Gi")));
+    assert!(!is_leader_owned_volume(&share_volume("1Gi")));
 }

@@ -42,16 +42,16 @@ pub(super) async fn provision<C: Controller>(
     };
     let fs_type = fs_type(&p.parameters);
     let parameters = create_parameters(claim, p);
-    // This node for a local volume; for an NFS one the scheduler's choice, or nothing.
-    let accessibility_requirements = p.requisite_node.as_ref().map(|node| {
-        let topology = Topology {
-            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.clone())]),
-        };
-        TopologyRequirement {
-            requisite: vec![topology.clone()],
-            preferred: vec![topology],
-        }
-    });
+    // This node for a local volume; for an NFS one the scheduler's choice, or nothing;
+    // for a replicated one the scheduler's choice preferred, among any allowed nodes.
+    let topology = |node: &String| Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.clone())]),
+    };
+    let accessibility_requirements = (!p.requisite_nodes.is_empty() || p.preferred_node.is_some())
+        .then(|| TopologyRequirement {
+            requisite: p.requisite_nodes.iter().map(topology).collect(),
+            preferred: p.preferred_node.iter().map(topology).collect(),
+        });
     let request = CreateVolumeRequest {
         name: p.name.clone(),
         capacity_range: Some(CapacityRange {
@@ -109,6 +109,11 @@ pub(super) async fn provision<C: Controller>(
     let note = if ids::is_nfs_volume(&volume.volume_id) {
         format!(
             "Successfully provisioned NFS volume {} (by node {})",
+            p.name, ctx.node
+        )
+    } else if ids::is_replicated_volume(&volume.volume_id) {
+        format!(
+            "Successfully provisioned replicated volume {} (by node {})",
             p.name, ctx.node
         )
     } else if volume.accessible_topology.is_empty() {

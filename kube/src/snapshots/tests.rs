@@ -145,7 +145,9 @@ fn the_leader_snapshots_an_nfs_volume() {
             false,
             None
         ),
-        SnapshotAction::Nothing("the source is an NFS volume: the leader snapshots it")
+        SnapshotAction::Nothing(
+            "the source is an NFS or replicated volume: the leader snapshots it"
+        )
     );
     assert!(matches!(
         decide(&s, Some(&c), Some(&bound_claim()), Some(&pv), "n1"),

@@ -71,6 +71,25 @@ pub fn nfs_class(binding: &str, expand: bool) -> StorageClass {
 
 pub const NFS_HANDLE: &str = "nfs#10.0.0.5#/srv#default/data#delete";
 
+/// A `backend: replicated` class, limited to some nodes when `allowed` is given.
+pub fn replicated_class(binding: &str, allowed: Option<&[&str]>) -> StorageClass {
+    let mut class = json!({
+        "metadata": {"name": "warren-replicated"},
+        "provisioner": DRIVER,
+        "parameters": {"backend": "replicated", "replicas": "2"},
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": binding,
+        "allowVolumeExpansion": true,
+    });
+    if let Some(nodes) = allowed {
+        class["allowedTopologies"] =
+            json!([{"matchLabelExpressions": [{"key": TOPOLOGY_KEY, "values": nodes}]}]);
+    }
+    serde_json::from_value(class).unwrap()
+}
+
+pub const REPLICATED_HANDLE: &str = "replicated#0123456789abcdef0123456789abcdef";
+
 /// A `backend: share` class: the parameters of a local one, plus the backend.
 pub fn share_class(binding: &str) -> StorageClass {
     serde_json::from_value(json!({
@@ -97,6 +116,21 @@ pub fn share_volume(size: &str) -> PersistentVolume {
                 "volumeAttributes": {"warren.csi.dev/share": "10.0.0.2:7463"}},
             "persistentVolumeReclaimPolicy": "Delete",
         },
+    }))
+    .unwrap()
+}
+
+/// A replicated volume's PV as the provisioner writes it (best-effort locality): no node
+/// affinity, and a handle that names no node.
+pub fn replicated_volume(size: &str) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "metadata": {"name": "pvc-1234", "annotations": {PROVISIONED_BY: DRIVER}},
+        "spec": {
+            "capacity": {"storage": size},
+            "csi": {"driver": DRIVER, "volumeHandle": REPLICATED_HANDLE},
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+        "status": {"phase": "Released"},
     }))
     .unwrap()
 }

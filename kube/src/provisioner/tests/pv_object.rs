@@ -146,7 +146,8 @@ fn a_shared_volumes_pv_has_no_node_affinity_but_stays_its_nodes() {
     // The scheduler's node provisions it, and asks for its own topology, as for a
     // local volume.
     let p = provision_of(&sc, &c, "n2");
-    assert_eq!(p.requisite_node.as_deref(), Some("n2"));
+    assert_eq!(p.requisite_nodes, vec!["n2".to_string()]);
+    assert_eq!(p.preferred_node.as_deref(), Some("n2"));
     assert!(!p.nfs && p.scheduled);
     // CreateVolume answers with no accessible topology and the share's endpoint.
     let context = HashMap::from([(
