@@ -12,6 +12,7 @@ pub mod fsprobe;
 pub mod fssize;
 pub mod local;
 pub mod loopdev;
+pub mod mount_steps;
 pub mod mounter;
 pub mod mountinfo;
 pub mod nfs;

@@ -7,7 +7,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use csi_proto::v1::volume_capability::access_mode::Mode;
 use warren_core::capability::{Access, Requested};
 use warren_core::ids::{Layout, VolumeId};
 use warren_core::storage::Condition;
@@ -15,11 +14,11 @@ use warren_core::Error as CoreError;
 
 use crate::decide::{self, MountAction};
 use crate::error::{Error, Result};
-use crate::filesystem::{grow_fs, grow_fs_offline, make_fs, mount_options, FsType};
-use crate::fsprobe::{probe_device, Probe};
-use crate::fssize::fs_size_bytes;
+use crate::filesystem::{grow_fs, FsType};
 use crate::local::{payload, LocalStore, VolumeMeta};
 use crate::loopdev::block_device_size;
+pub(crate) use crate::mount_steps::single_writer_check;
+use crate::mount_steps::{bind_device, bind_staged, format_and_mount, unmount_all};
 use crate::mounter::Mounter;
 use crate::mountinfo::{self, mount_at, MountEntry};
 
@@ -64,7 +63,7 @@ impl Stats {
     }
 }
 
-fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.to_string();
     move |e| Error::Core(CoreError::io(what)(e))
 }
@@ -78,17 +77,8 @@ pub(crate) fn precondition(msg: String) -> Error {
 }
 
 /// (device, inode) of what `path` shows, following mounts.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-fn read_head(dev: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut head = vec![0u8; 4096];
-    fs::File::open(dev)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(io_err(format!("read {}", dev.display())))?;
-    Ok(head)
 }
 
 impl Stager {
@@ -132,52 +122,18 @@ impl Stager {
                     mount_flags,
                 },
             ) => {
-                let wanted = FsType::parse(fs_type)?;
+                // Checked before anything is attached.
+                FsType::parse(fs_type)?;
                 let dev = self.store.devices().attach(&self.image(&meta))?;
-                match decide::stage_device(existing, &dev) {
-                    MountAction::AlreadyMounted => return Ok(()),
-                    MountAction::Conflict(m) => return Err(conflict(m)),
-                    MountAction::Mount => {}
-                }
-                let fs = match probe_device(&dev)? {
-                    Probe::Blank => {
-                        make_fs(&dev, wanted)?;
-                        wanted
-                    }
-                    Probe::Ext4 => FsType::Ext4,
-                    Probe::Xfs => FsType::Xfs,
-                    other => {
-                        return Err(precondition(format!(
-                            "volume {id} holds data Warren does not recognise ({other:?}); \
-                             refusing to format it"
-                        )))
-                    }
-                };
-                if !fs_type.is_empty() && fs != wanted {
-                    return Err(precondition(format!(
-                        "volume {id} already has a {} file system; {fs_type} was asked for",
-                        fs.as_str()
-                    )));
-                }
-                let device_bytes = block_device_size(&dev)?;
-                let fs_bytes = fs_size_bytes(&read_head(&dev)?).unwrap_or(device_bytes);
-                let must_grow = fs_bytes < device_bytes;
-                if must_grow && fs == FsType::Ext4 {
-                    // Restored or expanded while detached: grow before mounting, which needs
-                    // no special privilege.
-                    grow_fs_offline(&dev, fs)?;
-                }
-                ensure_dir(staging)?;
-                self.mounter.mount_device(
+                format_and_mount(
+                    self.mounter.as_ref(),
                     &dev,
                     staging,
-                    fs.as_str(),
-                    &mount_options(fs, mount_flags),
-                )?;
-                if must_grow && fs == FsType::Xfs {
-                    grow_fs(&dev, staging, fs)?;
-                }
-                Ok(())
+                    existing,
+                    fs_type,
+                    mount_flags,
+                    id,
+                )
             }
         }
     }
@@ -230,7 +186,6 @@ impl Stager {
     ) -> Result<()> {
         let meta = self.store.volume_meta(id)?;
         let mounts = mountinfo::read()?;
-        let existing = mount_at(&mounts, target);
         match &cap.access {
             Access::Block => {
                 if id.layout != Layout::Image {
@@ -246,60 +201,36 @@ impl Stager {
                     .ok_or_else(|| {
                         precondition(format!("volume {id} is not staged on this node"))
                     })?;
-                let same = existing.is_some() && same_device_node(target, &dev);
-                let node_name = dev.file_name().map(|n| Path::new("/").join(n));
-                let others = mounts
-                    .iter()
-                    .filter(|m| Some(&m.root) == node_name.as_ref() && m.mount_point != target);
-                single_writer_check(cap, others)?;
-                match decide::bind(existing, same, read_only) {
-                    MountAction::AlreadyMounted => Ok(()),
-                    MountAction::Conflict(m) => Err(conflict(m)),
-                    MountAction::Mount => {
-                        ensure_file(target)?;
-                        self.mounter.bind(&dev, target, read_only, &[])
-                    }
-                }
+                bind_device(
+                    self.mounter.as_ref(),
+                    &mounts,
+                    dev.as_path(),
+                    target,
+                    cap,
+                    read_only,
+                )
             }
             Access::Mount { mount_flags, .. } => {
-                let Some(staged) = mount_at(&mounts, staging) else {
-                    return Err(precondition(format!(
-                        "volume {id} is not staged at {}",
-                        staging.display()
-                    )));
-                };
                 // The built-in share's own mount of a shared volume is not a publish.
                 let shares = self.store.dirs().shares();
-                let others = mounts.iter().filter(|m| {
-                    m.major_minor == staged.major_minor
-                        && m.root == staged.root
-                        && m.mount_point != staging
-                        && m.mount_point != target
-                        && !m.mount_point.starts_with(&shares)
-                });
-                single_writer_check(cap, others)?;
-                let same = existing.is_some() && identity(target) == identity(staging);
-                match decide::bind(existing, same, read_only) {
-                    MountAction::AlreadyMounted => Ok(()),
-                    MountAction::Conflict(m) => Err(conflict(m)),
-                    MountAction::Mount => {
-                        ensure_dir(target)?;
-                        self.mounter.bind(staging, target, read_only, mount_flags)
-                    }
-                }
+                bind_staged(
+                    self.mounter.as_ref(),
+                    &mounts,
+                    id,
+                    staging,
+                    target,
+                    cap,
+                    read_only,
+                    mount_flags,
+                    Some(&shares),
+                )
             }
         }
     }
 
     pub fn unpublish(&self, id: &VolumeId, target: &Path) -> Result<()> {
         let known = self.store.volume_meta(id);
-        // Unmount everything stacked at the target (a retried publish never stacks, but an
-        // outside actor might have).
-        let mut mounted = false;
-        while mount_at(&mountinfo::read()?, target).is_some() {
-            self.mounter.unmount(target)?;
-            mounted = true;
-        }
+        let mounted = unmount_all(self.mounter.as_ref(), target)?;
         if let (Err(e), false) = (known, mounted) {
             if !target_exists(target) {
                 return Err(e);
@@ -359,49 +290,8 @@ impl Stager {
     }
 }
 
-/// SINGLE_NODE_SINGLE_WRITER allows one publish at a time; `others` are the volume's
-/// publishes at other targets.
-pub(crate) fn single_writer_check<'a>(
-    cap: &Requested,
-    mut others: impl Iterator<Item = &'a MountEntry>,
-) -> Result<()> {
-    if cap.mode != Mode::SingleNodeSingleWriter {
-        return Ok(());
-    }
-    match others.next() {
-        Some(m) => Err(precondition(format!(
-            "the volume is single-writer and already published at {}",
-            m.mount_point.display()
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn same_device_node(target: &Path, dev: &Path) -> bool {
-    match (fs::metadata(target), fs::metadata(dev)) {
-        (Ok(t), Ok(d)) => t.file_type().is_block_device() && t.rdev() == d.rdev(),
-        _ => false,
-    }
-}
-
 pub(crate) fn ensure_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))
-}
-
-fn ensure_file(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        ensure_dir(parent)?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
-        Ok(_) => Err(precondition(format!(
-            "{} exists and is not a file; a block volume is published on a file",
-            path.display()
-        ))),
-        Err(_) => fs::File::create(path)
-            .map(drop)
-            .map_err(io_err(format!("create {}", path.display()))),
-    }
 }
 
 fn target_exists(path: &Path) -> bool {
