@@ -8,6 +8,8 @@ pub mod placement;
 pub mod reconcile;
 pub mod record_dir;
 pub mod records;
+pub mod replica_placement;
+pub mod replicated_record;
 pub mod service;
 
 pub use nfs::NfsVolumes;

@@ -14,7 +14,7 @@ use csi_proto::v1::{Topology, TopologyRequirement};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
 
 /// The node a topology segment map names, if it only uses Warren's key.
-fn node_of(topology: &Topology) -> Option<&str> {
+pub(crate) fn node_of(topology: &Topology) -> Option<&str> {
     let segments: &HashMap<String, String> = &topology.segments;
     match (segments.len(), segments.get(TOPOLOGY_KEY)) {
         (1, Some(node)) => Some(node.as_str()),

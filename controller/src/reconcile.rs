@@ -1,8 +1,8 @@
 //! Reconciliation of the controller's records with the nodes, at startup and periodically.
 //!
 //! A record in `Creating` means the CO never got an answer: nobody knows its ID, so the
-//! safe move is to undo it on its node and drop the record (a retried CreateVolume simply
-//! makes it again). A record in `Deleting` is finished. A node that cannot be reached
+//! safe move is to undo it on its node (every replica's node, for a replicated volume)
+//! and drop the record (a retried CreateVolume simply makes it again). A record in `Deleting` is finished. A node that cannot be reached
 //! keeps its records as they are until the next pass. Nothing here ever deletes a volume
 //! that the CO was told about. Each record is handled under the same locks the handlers
 //! take (id, then name), so a pass never races a live CreateVolume or DeleteVolume.
@@ -80,6 +80,29 @@ impl ControllerService {
             }
             .and_then(|()| self.records().remove_snapshot(&rec.id.key));
             report.count(rec.state, result, "snapshot", rec.id.to_string());
+        }
+        for stale in self.records().replicated_volumes() {
+            if stale.state == State::Ready {
+                continue;
+            }
+            let _id = self.locks().lock(stale.id.key.as_str()).await;
+            let _name = self
+                .locks()
+                .lock(&format!("volume-name/{}", stale.name))
+                .await;
+            let Some(rec) = self.records().replicated(&stale.id.key) else {
+                continue;
+            };
+            if rec.state == State::Ready {
+                continue;
+            }
+            // Undoing a `Creating` volume and finishing a `Deleting` one are the same
+            // work: every recorded node's replica goes, then the record.
+            let result = self
+                .remove_replicas(&rec)
+                .await
+                .and_then(|()| self.records().remove_replicated(&rec.id.key));
+            report.count(rec.state, result, "replicated volume", rec.id.to_string());
         }
         if report != Report::default() {
             tracing::info!(?report, "reconciled records with nodes");

@@ -1,5 +1,5 @@
 //! The controller's durable records of volumes and snapshots: one JSON file per object
-//! under `<state-dir>/controller/{volumes,snapshots}/`, kept by `RecordDir`.
+//! under `<state-dir>/controller/{volumes,snapshots,replicated}/`, kept by `RecordDir`.
 //!
 //! A record is written *before* the node is asked to act (state `Creating` / `Deleting`),
 //! so after `kill -9` startup knows exactly which node operations may be half done and
@@ -14,6 +14,7 @@ use warren_core::storage::{Allocation, ContentSource, SnapshotInfo};
 use warren_core::Result;
 
 use crate::record_dir::{Record, RecordDir};
+use crate::replicated_record::ReplicatedRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,10 +57,12 @@ pub struct SnapshotRecord {
     pub info: Option<SnapshotInfo>,
 }
 
-/// The volumes' and snapshots' records, each kind in its own record directory.
+/// The volumes' and snapshots' records, each kind in its own record directory. Local and
+/// replicated volumes share one namespace of CSI names; the handlers check both.
 pub struct Records {
     volumes: RecordDir<VolumeRecord>,
     snapshots: RecordDir<SnapshotRecord>,
+    replicated: RecordDir<ReplicatedRecord>,
 }
 
 impl Record for VolumeRecord {
@@ -86,6 +89,7 @@ impl Records {
         Ok(Records {
             volumes: RecordDir::open(&base.join("volumes"))?,
             snapshots: RecordDir::open(&base.join("snapshots"))?,
+            replicated: RecordDir::open(&base.join("replicated"))?,
         })
     }
 
@@ -129,6 +133,28 @@ impl Records {
 
     pub fn remove_snapshot(&self, key: &Key) -> Result<()> {
         self.snapshots.remove(key)
+    }
+
+    pub fn replicated(&self, key: &Key) -> Option<ReplicatedRecord> {
+        self.replicated.get(key)
+    }
+
+    pub fn replicated_by_name(&self, name: &str) -> Option<ReplicatedRecord> {
+        self.replicated.by_name(name)
+    }
+
+    /// Replicated volumes in key order.
+    pub fn replicated_volumes(&self) -> Vec<ReplicatedRecord> {
+        self.replicated.all()
+    }
+
+    /// Writes the record durably, then makes it visible.
+    pub fn put_replicated(&self, rec: &ReplicatedRecord) -> Result<()> {
+        self.replicated.put(rec)
+    }
+
+    pub fn remove_replicated(&self, key: &Key) -> Result<()> {
+        self.replicated.remove(key)
     }
 }
 

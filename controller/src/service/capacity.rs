@@ -1,14 +1,37 @@
-//! GetCapacity, and the order of nodes by free space that placement starts from.
+//! GetCapacity, the size a CreateVolume's capacity range gives, and the order of nodes by
+//! free space that placement starts from.
 
 use csi_proto::v1::*;
 use tonic::{Request, Response};
 use warren_core::capability::{parse_capability, Access};
 use warren_core::ids::Layout;
 use warren_core::params::{backend, parse_params, Backend, VolumeParams};
-use warren_core::validate::MIN_IMAGE_BYTES;
-use warren_core::TOPOLOGY_KEY;
+use warren_core::validate::{resolve_capacity, MIN_IMAGE_BYTES};
+use warren_core::{Error, Result, TOPOLOGY_KEY};
 
-use super::{ControllerService, Reply};
+use super::{ControllerService, Reply, DEFAULT_VOLUME_BYTES, IMAGE_ALIGN};
+
+/// The size of a new volume of `layout` (replicated volumes are sized like images): the
+/// range's, or 1 GiB; images are whole MiB and at least `MIN_IMAGE_BYTES`.
+pub(super) fn volume_capacity(range: Option<&CapacityRange>, layout: Layout) -> Result<u64> {
+    let (required, limit) = range
+        .map(|r| (r.required_bytes, r.limit_bytes))
+        .unwrap_or((0, 0));
+    let (default, align) = match layout {
+        Layout::Image => (DEFAULT_VOLUME_BYTES, IMAGE_ALIGN),
+        Layout::Dir => (DEFAULT_VOLUME_BYTES, 1),
+    };
+    let mut capacity = resolve_capacity(required, limit, default, align)?;
+    if layout == Layout::Image && capacity < MIN_IMAGE_BYTES {
+        if limit != 0 && (limit as u64) < MIN_IMAGE_BYTES {
+            return Err(Error::OutOfRange(format!(
+                "image volumes are at least {MIN_IMAGE_BYTES} bytes; limit_bytes is {limit}"
+            )));
+        }
+        capacity = MIN_IMAGE_BYTES;
+    }
+    Ok(capacity)
+}
 
 impl ControllerService {
     /// Known nodes ordered by free space, most first; unreachable nodes last.
@@ -38,6 +61,9 @@ impl ControllerService {
                 maximum_volume_size: None,
                 minimum_volume_size: None,
             }));
+        }
+        if backend(&req.parameters)? == Backend::Replicated {
+            return Ok(Response::new(self.replicated_capacity(&req).await?));
         }
         let VolumeParams::Local(params) = parse_params(&req.parameters)?;
         for cap in &req.volume_capabilities {

@@ -1,5 +1,6 @@
-//! ListVolumes and ListSnapshots: Warren's local records and the NFS volumes together,
-//! in key order, paged by the last key of the previous page.
+//! ListVolumes and ListSnapshots: Warren's local records, the replicated volumes and the
+//! NFS volumes together, in key order (keys are random and unique across kinds), paged by
+//! the last key of the previous page.
 
 use csi_proto::v1::*;
 use tonic::{Request, Response};
@@ -58,6 +59,7 @@ impl ControllerService {
             .filter(|r| r.state == State::Ready)
             .map(|r| (r.id.key.clone(), csi_volume(&r)))
             .chain(self.nfs.list())
+            .chain(self.replicated_list())
             .collect();
         ready.sort_by(|a, b| a.0.cmp(&b.0));
         let (items, next_token) = page(&ready, |r| &r.0, req.max_entries, &req.starting_token)?;

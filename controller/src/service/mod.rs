@@ -3,8 +3,9 @@
 //!
 //! This file holds the service and its thin gRPC handlers; the work is split by what it
 //! is about: `volumes` (create, delete, expand, validate, get), `snapshots` (create,
-//! delete, get), `listing` (ListVolumes, ListSnapshots and their paging) and `capacity`
-//! (GetCapacity and placement by free space).
+//! delete, get), `listing` (ListVolumes, ListSnapshots and their paging), `capacity`
+//! (GetCapacity, sizes and placement by free space) and `replicated` (everything about
+//! `backend: replicated` volumes, which the others dispatch to by backend or ID prefix).
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::records::Records;
 
 mod capacity;
 mod listing;
+mod replicated;
 mod snapshots;
 mod volumes;
 

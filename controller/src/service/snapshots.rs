@@ -52,6 +52,9 @@ impl ControllerService {
             })?;
             return self.nfs.create_snapshot(&req.name, &source).await;
         }
+        if ids::is_replicated_volume(&req.source_volume_id) {
+            return Err(self.refuse_replicated("snapshots", &req.source_volume_id));
+        }
         let source_id = parse_id("source_volume_id", &req.source_volume_id, VolumeId::parse)?;
         let _name_lock = self
             .locks

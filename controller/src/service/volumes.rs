@@ -13,13 +13,14 @@ use warren_core::params::{
     backend, parse_params, Backend, VolumeParams, CONTEXT_FS_TYPE, CONTEXT_SHARE,
 };
 use warren_core::storage::{ContentSource, VolumeSpec};
-use warren_core::validate::{resolve_capacity, validate_name, MIN_IMAGE_BYTES};
+use warren_core::validate::{resolve_capacity, validate_name};
 use warren_core::{Error, Result, TOPOLOGY_KEY};
 
 use crate::placement::candidates;
 use crate::records::{State, VolumeRecord};
 
-use super::{parse_id, ControllerService, Reply, DEFAULT_VOLUME_BYTES, IMAGE_ALIGN};
+use super::capacity::volume_capacity;
+use super::{parse_id, ControllerService, Reply, IMAGE_ALIGN};
 
 pub(super) fn topology(node: &str) -> Topology {
     Topology {
@@ -108,6 +109,9 @@ impl ControllerService {
                     })?;
                 Ok(Some(ContentSource::Snapshot(id)))
             }
+            Some(Type::Volume(v)) if ids::is_replicated_volume(&v.volume_id) => Err(
+                Error::InvalidArgument("cloning a replicated volume is not available yet".into()),
+            ),
             Some(Type::Volume(v)) => {
                 let id = parse_id("source volume id", &v.volume_id, VolumeId::parse)?
                     .filter(|id| {
@@ -127,8 +131,10 @@ impl ControllerService {
     }
 
     pub(super) async fn create_volume_inner(&self, req: CreateVolumeRequest) -> Result<Volume> {
-        if backend(&req.parameters)? == Backend::Nfs {
-            return self.nfs.create_volume(&req).await;
+        match backend(&req.parameters)? {
+            Backend::Nfs => return self.nfs.create_volume(&req).await,
+            Backend::Replicated => return self.create_replicated(req).await,
+            Backend::Local | Backend::Share => {}
         }
         validate_name("volume", &req.name)?;
         let VolumeParams::Local(params) = parse_params(&req.parameters)?;
@@ -148,27 +154,17 @@ impl ControllerService {
                 "layout \"dir\" cannot serve raw block volumes; use layout \"image\"".into(),
             ));
         }
-        let (required, limit) = req
-            .capacity_range
-            .as_ref()
-            .map(|r| (r.required_bytes, r.limit_bytes))
-            .unwrap_or((0, 0));
-        let (default, align) = match params.layout {
-            Layout::Image => (DEFAULT_VOLUME_BYTES, IMAGE_ALIGN),
-            Layout::Dir => (DEFAULT_VOLUME_BYTES, 1),
-        };
-        let mut capacity = resolve_capacity(required, limit, default, align)?;
-        if params.layout == Layout::Image && capacity < MIN_IMAGE_BYTES {
-            if limit != 0 && (limit as u64) < MIN_IMAGE_BYTES {
-                return Err(Error::OutOfRange(format!(
-                    "image volumes are at least {MIN_IMAGE_BYTES} bytes; limit_bytes is {limit}"
-                )));
-            }
-            capacity = MIN_IMAGE_BYTES;
-        }
+        let capacity = volume_capacity(req.capacity_range.as_ref(), params.layout)?;
         let source = self.content_source(req.volume_content_source.as_ref())?;
 
         let _name_lock = self.locks.lock(&format!("volume-name/{}", req.name)).await;
+        // One namespace of names for every kind the controller records.
+        if self.records.replicated_by_name(&req.name).is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "volume {:?} exists as a replicated volume",
+                req.name
+            )));
+        }
         if let Some(rec) = self.records.volume_by_name(&req.name) {
             let same = rec.capacity_bytes == capacity
                 && rec.source == source
@@ -272,6 +268,9 @@ impl ControllerService {
                 None => Ok(()),
             };
         }
+        if ids::is_replicated_volume(&req.volume_id) {
+            return self.delete_replicated(&req.volume_id).await;
+        }
         let Some(id) = parse_id("volume_id", &req.volume_id, VolumeId::parse)? else {
             return Ok(());
         };
@@ -316,6 +315,9 @@ impl ControllerService {
             .ok_or_else(|| Error::InvalidArgument("capacity_range is required".into()))?;
         if ids::is_nfs_volume(&req.volume_id) {
             return Ok((self.nfs.expand(&req.volume_id, range).await?, false));
+        }
+        if ids::is_replicated_volume(&req.volume_id) {
+            return Err(self.refuse_replicated("expansion", &req.volume_id));
         }
         let rec = self.ready_volume(&req.volume_id)?;
         let block = match req.volume_capability.as_ref() {
@@ -375,6 +377,9 @@ impl ControllerService {
                     });
             return Ok(Response::new(confirm(req, problem)));
         }
+        if ids::is_replicated_volume(&req.volume_id) {
+            return Ok(Response::new(self.validate_replicated(req)?));
+        }
         let rec = self.ready_volume(&req.volume_id)?;
         if let Err(e) = parse_params(&req.parameters) {
             return Ok(Response::new(ValidateVolumeCapabilitiesResponse {
@@ -418,6 +423,11 @@ impl ControllerService {
                     volume_condition: Some(condition),
                 }),
             }));
+        }
+        if ids::is_replicated_volume(&req.get_ref().volume_id) {
+            return Ok(Response::new(
+                self.get_replicated(&req.get_ref().volume_id).await?,
+            ));
         }
         let rec = self.ready_volume(&req.get_ref().volume_id)?;
         let condition = match self
