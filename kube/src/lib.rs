@@ -21,6 +21,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod claims;
+pub mod cluster_token;
 pub mod discovery;
 pub mod edge;
 pub mod error;
