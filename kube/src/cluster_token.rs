@@ -47,6 +47,11 @@ fn token_of(secret: &Secret) -> Result<String> {
     Ok(token)
 }
 
+/// `ensure` with the in-cluster (or kubeconfig) client.
+pub async fn ensure_in_cluster(namespace: &str, name: &str) -> Result<String> {
+    ensure(Client::try_default().await?, namespace, name).await
+}
+
 /// The token in Secret `name` of `namespace`, created first if there is none.
 pub async fn ensure(client: Client, namespace: &str, name: &str) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
