@@ -11,67 +11,12 @@ use warren_replica::engine::{Engine, EngineConfig, ReplicaAddress};
 use warren_replica::server::ReplicaService;
 use warren_replica::BlockTarget;
 
-use warren_replica::frontend::select::{self, FrontendKind};
-use warren_replica::frontend::{fuse, nbd, ublk};
+use warren_node::replicated::device::{self, Device};
+use warren_replica::frontend::select::FrontendKind;
 
 use crate::cli::{ReplicaArgs, VolumeArgs};
 
-/// The kernel block device a frontend made of the volume.
-enum Device {
-    Ublk(ublk::UblkDevice),
-    Nbd(nbd::KernelNbd),
-    /// A loop device (direct I/O) on the one file of a FUSE mount.
-    FuseLoop {
-        loop_device: std::path::PathBuf,
-        mount: fuse::FuseVolume,
-    },
-}
-
-impl Device {
-    fn path(&self) -> &std::path::Path {
-        match self {
-            Device::Ublk(d) => d.device(),
-            Device::Nbd(d) => d.device(),
-            Device::FuseLoop { loop_device, .. } => loop_device,
-        }
-    }
-
-    async fn detach(self) -> Result<()> {
-        match self {
-            Device::Ublk(d) => d.detach().await.map_err(core_error),
-            Device::Nbd(d) => d.detach().await.map_err(core_error),
-            Device::FuseLoop { mut mount, .. } => {
-                use warren_node::loopdev::{BlockDevices, LoopDevices};
-                LoopDevices
-                    .detach(mount.path())
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                // The loop device lets go of the file asynchronously.
-                for _ in 0..50 {
-                    if mount.unmount().is_ok() {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                mount.unmount().map_err(core_error)
-            }
-        }
-    }
-}
-
-/// A free kernel NBD device: one without a connected server.
-fn free_nbd_device() -> Result<std::path::PathBuf> {
-    for n in 0..64 {
-        let dev = std::path::PathBuf::from(format!("/dev/nbd{n}"));
-        if !dev.exists() {
-            break;
-        }
-        if !std::path::Path::new(&format!("/sys/block/nbd{n}/pid")).exists() {
-            return Ok(dev);
-        }
-    }
-    Err(Error::Unavailable("no free /dev/nbd device".into()))
-}
-
+/// A kernel block device of the volume, unless `--frontend none`.
 async fn attach_frontend(
     args: &VolumeArgs,
     target: Arc<dyn BlockTarget>,
@@ -80,45 +25,14 @@ async fn attach_frontend(
         return Ok(None);
     }
     let requested: FrontendKind = args.frontend.parse().map_err(core_error)?;
-    let kind = select::probe().choose(requested).map_err(core_error)?;
-    let device = match kind {
-        FrontendKind::Ublk => Device::Ublk(
-            ublk::attach_async(target, ublk::UblkOptions::default())
-                .await
-                .map_err(core_error)?,
-        ),
-        FrontendKind::Nbd => {
-            // The module may not be loaded yet; modprobe creates the device nodes.
-            let _ = std::process::Command::new("modprobe").arg("nbd").status();
-            let dev = free_nbd_device()?;
-            Device::Nbd(nbd::attach_kernel(&dev, target).map_err(core_error)?)
-        }
-        FrontendKind::Fuse | FrontendKind::Auto => {
-            use warren_node::loopdev::LoopDevices;
-            let dir = args.fuse_dir.join(&args.volume);
-            std::fs::create_dir_all(&dir)
-                .map_err(Error::io(format!("create {}", dir.display())))?;
-            let mount = fuse::mount(&dir, "volume", target, tokio::runtime::Handle::current())
-                .map_err(core_error)?;
-            let file = mount.path().to_path_buf();
-            let loop_device = tokio::task::spawn_blocking(move || LoopDevices.attach_direct(&file))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            Device::FuseLoop { loop_device, mount }
-        }
-    };
-    tracing::info!(frontend = %kind, device = %device.path().display(), "volume attached as a block device");
-    Ok(Some(device))
+    device::attach_frontend(requested, target, &args.fuse_dir, &args.volume)
+        .await
+        .map(Some)
+        .map_err(Error::from)
 }
 
 fn core_error(e: warren_replica::Error) -> Error {
-    match e {
-        warren_replica::Error::InvalidArgument(m) => Error::InvalidArgument(m),
-        warren_replica::Error::NotFound(m) => Error::NotFound(m),
-        warren_replica::Error::Unavailable(m) => Error::Unavailable(m),
-        other => Error::Internal(other.to_string()),
-    }
+    warren_node::replicated::replica_error(e)
 }
 
 pub async fn run_replica(args: ReplicaArgs, mut stop: watch::Receiver<bool>) -> Result<()> {

@@ -17,6 +17,7 @@ pub mod mounter;
 pub mod mountinfo;
 pub mod nfs;
 pub mod paths;
+pub mod replicated;
 pub mod service;
 pub mod share;
 pub mod stage;

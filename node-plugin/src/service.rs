@@ -1,5 +1,7 @@
 //! The CSI Node service: thin gRPC handlers over `Stager` (stage/publish work on local
-//! volumes), `NfsStager` (NFS volumes) and `LocalStore` (what this node holds).
+//! volumes), `NfsStager` (NFS volumes), `ReplicatedStager` (replicated volumes, when the
+//! node hosts a replica service; `service/replicated.rs`) and `LocalStore` (what this
+//! node holds).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +13,10 @@ use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
 use warren_core::capability::{parse_capability, parse_shared_capability, Access, Requested};
-use warren_core::ids::{IdKind, VolumeId};
+use warren_core::ids::{IdKind, ReplicatedVolumeId, VolumeId};
 use warren_core::lock::KeyedLocks;
 use warren_core::params::{CONTEXT_FS_TYPE, CONTEXT_SHARE};
+use warren_core::storage::Condition;
 use warren_core::TOPOLOGY_KEY;
 use warren_nfs::mount_options::MountRequest;
 use warren_nfs::volume_id::NfsVolumeId;
@@ -23,6 +26,7 @@ use crate::local::LocalStore;
 use crate::mounter::Mounter;
 use crate::nfs::{Deadlines, NfsStager};
 use crate::paths::check_under_root;
+use crate::replicated::ReplicatedStager;
 use crate::stage::{Stager, Stats};
 
 pub struct NodeService {
@@ -32,6 +36,9 @@ pub struct NodeService {
     /// NFS volumes have no local key; their calls are serialized by ID.
     nfs_locks: KeyedLocks,
     kubelet_dir: PathBuf,
+    mounter: Arc<dyn Mounter>,
+    /// Set by `with_replicas`: this node runs replicated volumes' engines.
+    replicated: Option<Arc<ReplicatedStager>>,
 }
 
 /// The volume a node call is about.
@@ -42,6 +49,7 @@ enum Target {
     /// A volume another node holds: usable here only as that node's shared volume,
     /// mounted over NFS from its share.
     Remote(VolumeId),
+    Replicated(ReplicatedVolumeId),
 }
 
 impl NodeService {
@@ -53,10 +61,12 @@ impl NodeService {
     ) -> Self {
         NodeService {
             stager: Arc::new(Stager::new(store.clone(), mounter.clone())),
-            nfs: Arc::new(NfsStager::new(mounter, nfs_deadlines)),
+            nfs: Arc::new(NfsStager::new(mounter.clone(), nfs_deadlines)),
             nfs_locks: KeyedLocks::default(),
             store,
             kubelet_dir,
+            mounter,
+            replicated: None,
         }
     }
 
@@ -85,16 +95,12 @@ impl NodeService {
             Some(IdKind::NfsVolume) => NfsVolumeId::parse(raw)
                 .map(Target::Nfs)
                 .map_err(|e| Status::not_found(format!("no such volume: {e}"))),
-            // Only a volume ID names a volume: any other kind (a snapshot, a replicated
-            // volume Warren does not make yet) or none at all is refused by the local
-            // volume parser, whose message says what is wrong with it.
-            Some(
-                IdKind::LocalVolume
-                | IdKind::LocalSnapshot
-                | IdKind::NfsSnapshot
-                | IdKind::Replicated,
-            )
-            | None => {
+            Some(IdKind::Replicated) => ReplicatedVolumeId::parse(raw)
+                .map(Target::Replicated)
+                .map_err(|e| Status::not_found(format!("no such volume: {e}"))),
+            // Only a volume ID names a volume: any other kind (a snapshot) or none at all
+            // is refused by the local volume parser, whose message says what is wrong.
+            Some(IdKind::LocalVolume | IdKind::LocalSnapshot | IdKind::NfsSnapshot) | None => {
                 let id = volume_id(raw)?;
                 Ok(if id.node == self.store.node_id() {
                     Target::Local(id)
@@ -137,6 +143,31 @@ impl NodeService {
             .map_err(Status::from)
     }
 
+    /// Stats of a local or NFS-mounted volume. No lock: stats only read, and must answer
+    /// while a slow stage holds the lock.
+    async fn blocking_stats(
+        &self,
+        volume: Target,
+        path: PathBuf,
+    ) -> Result<(Option<Stats>, Condition), Status> {
+        let stager = self.stager.clone();
+        let nfs = self.nfs.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| match volume {
+                Target::Local(id) => stager.stats(&id, &path).map(|(s, c)| (Some(s), c)),
+                Target::Nfs(_) | Target::Remote(_) => nfs.stats(&path),
+                Target::Replicated(id) => Err(warren_core::Error::Internal(format!(
+                    "{id} is not a local or NFS volume"
+                ))
+                .into()),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
+    }
+
     /// NodeStageVolume of a volume this node holds.
     async fn stage_local(
         &self,
@@ -145,17 +176,21 @@ impl NodeService {
         mut cap: Requested,
         req: &NodeStageVolumeRequest,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        // The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
-        if let (Access::Mount { fs_type, .. }, Some(default)) =
-            (&mut cap.access, req.volume_context.get(CONTEXT_FS_TYPE))
-        {
-            if fs_type.is_empty() {
-                *fs_type = default.clone();
-            }
-        }
+        default_fs_type(&mut cap, &req.volume_context);
         self.locked(id, move |s, id| s.stage(id, &staging, &cap))
             .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+}
+
+/// The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
+fn default_fs_type(cap: &mut Requested, context: &HashMap<String, String>) {
+    if let (Access::Mount { fs_type, .. }, Some(default)) =
+        (&mut cap.access, context.get(CONTEXT_FS_TYPE))
+    {
+        if fs_type.is_empty() {
+            *fs_type = default.clone();
+        }
     }
 }
 
@@ -170,6 +205,7 @@ fn capability(
     let shared = context.contains_key(CONTEXT_SHARE);
     match target {
         Target::Local(_) if !shared => parse_capability(cap),
+        Target::Replicated(_) => parse_capability(cap),
         _ => parse_shared_capability(cap),
     }
     .map_err(Status::from)
@@ -201,6 +237,39 @@ pub fn volume_id(raw: &str) -> Result<VolumeId, Status> {
 
 fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
     value.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
+}
+
+/// NodeGetVolumeStats's usage entries.
+fn usage(stats: Option<Stats>) -> Vec<VolumeUsage> {
+    match stats {
+        None => vec![],
+        Some(Stats::Block { bytes }) => vec![VolumeUsage {
+            total: bytes as i64,
+            unit: Unit::Bytes as i32,
+            ..Default::default()
+        }],
+        Some(Stats::Fs {
+            bytes_total,
+            bytes_available,
+            bytes_used,
+            inodes_total,
+            inodes_free,
+            inodes_used,
+        }) => vec![
+            VolumeUsage {
+                available: bytes_available as i64,
+                total: bytes_total as i64,
+                used: bytes_used as i64,
+                unit: Unit::Bytes as i32,
+            },
+            VolumeUsage {
+                available: inodes_free as i64,
+                total: inodes_total as i64,
+                used: inodes_used as i64,
+                unit: Unit::Inodes as i32,
+            },
+        ],
+    }
 }
 
 fn node_cap(t: rpc::Type) -> NodeServiceCapability {
@@ -237,6 +306,7 @@ impl Node for NodeService {
             }
             Target::Remote(id) => share_request(&id, &req.volume_context, &cap)?,
             Target::Local(id) => return self.stage_local(id, staging, cap, &req).await,
+            Target::Replicated(id) => return self.stage_replicated(id, staging, cap, &req).await,
         };
         self.nfs_locked(req.volume_id, move |n| n.stage(&request, &staging))
             .await?;
@@ -258,6 +328,7 @@ impl Node for NodeService {
                 self.locked(id, move |s, id| s.unstage(id, &staging))
                     .await?
             }
+            Target::Replicated(id) => self.replicas()?.unstage(&id, staging).await?,
         }
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
@@ -295,6 +366,12 @@ impl Node for NodeService {
                 .await?;
                 return Ok(Response::new(NodePublishVolumeResponse {}));
             }
+            Target::Replicated(id) => {
+                self.replicas()?
+                    .publish(&id, staging, target_path, cap, read_only)
+                    .await?;
+                return Ok(Response::new(NodePublishVolumeResponse {}));
+            }
         };
         self.nfs_locked(req.volume_id, move |n| {
             n.publish(&request, &staging, &target_path, &cap, read_only)
@@ -318,6 +395,7 @@ impl Node for NodeService {
                 self.locked(id, move |s, id| s.unpublish(id, &target_path))
                     .await?
             }
+            Target::Replicated(id) => self.replicas()?.unpublish(&id, target_path).await?,
         }
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
@@ -328,50 +406,15 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
         let (volume, path) = self.volume_at_path(&req.volume_id, &req.volume_path)?;
-        let stager = self.stager.clone();
-        let nfs = self.nfs.clone();
-        let span = tracing::Span::current();
-        // No lock: stats only read, and must answer while a slow stage holds the lock.
-        let (stats, condition) = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| match volume {
-                Target::Local(id) => stager.stats(&id, &path).map(|(s, c)| (Some(s), c)),
-                Target::Nfs(_) | Target::Remote(_) => nfs.stats(&path),
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::from)?;
-        let usage = match stats {
-            None => vec![],
-            Some(Stats::Block { bytes }) => vec![VolumeUsage {
-                total: bytes as i64,
-                unit: Unit::Bytes as i32,
-                ..Default::default()
-            }],
-            Some(Stats::Fs {
-                bytes_total,
-                bytes_available,
-                bytes_used,
-                inodes_total,
-                inodes_free,
-                inodes_used,
-            }) => vec![
-                VolumeUsage {
-                    available: bytes_available as i64,
-                    total: bytes_total as i64,
-                    used: bytes_used as i64,
-                    unit: Unit::Bytes as i32,
-                },
-                VolumeUsage {
-                    available: inodes_free as i64,
-                    total: inodes_total as i64,
-                    used: inodes_used as i64,
-                    unit: Unit::Inodes as i32,
-                },
-            ],
+        let (stats, condition) = match volume {
+            Target::Replicated(id) => {
+                let (stats, condition) = self.replicas()?.stats(&id, path).await?;
+                (Some(stats), condition)
+            }
+            other => self.blocking_stats(other, path).await?,
         };
         Ok(Response::new(NodeGetVolumeStatsResponse {
-            usage,
+            usage: usage(stats),
             volume_condition: Some(VolumeCondition {
                 abnormal: condition.abnormal,
                 message: condition.message,
@@ -406,6 +449,11 @@ impl Node for NodeService {
                 }));
             }
             Target::Local(id) => id,
+            Target::Replicated(id) => {
+                return Err(Status::failed_precondition(format!(
+                    "expanding replicated volume {id} is not available yet"
+                )))
+            }
         };
         let bytes = self
             .locked(id, move |s, id| s.expand(id, &path, required_bytes))
@@ -447,5 +495,6 @@ impl Node for NodeService {
     }
 }
 
+mod replicated;
 #[cfg(test)]
 mod tests;

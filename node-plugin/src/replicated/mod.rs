@@ -1,0 +1,34 @@
+//! Replicated volumes on this node (docs/design.md, "Replicated block volumes"):
+//!
+//! - `host.rs`: the node's replica service, serving the replicas it keeps to every engine;
+//! - `store.rs`: the controller's replica calls (create, delete, get) on that service;
+//! - `device.rs`: the kernel block device a frontend makes of an engine;
+//! - `running.rs`: the engines of the volumes staged on this node, one per volume;
+//! - `stage.rs`: NodeStage/NodeUnstage (start the engine, attach, format, mount);
+//! - `access.rs`: NodePublish/NodeUnpublish and stats of a staged volume;
+//! - `condition.rs`: a volume's health from its engine's status (a pure function).
+
+mod access;
+mod condition;
+pub mod device;
+mod host;
+mod running;
+mod stage;
+mod store;
+
+pub use condition::condition;
+pub use host::ReplicaHost;
+pub use stage::ReplicatedStager;
+pub use store::ReplicatingStore;
+
+use warren_core::Error as CoreError;
+
+/// A replication error as the CSI code it means; what has no CSI meaning is INTERNAL.
+pub fn replica_error(e: warren_replica::Error) -> CoreError {
+    match e {
+        warren_replica::Error::InvalidArgument(m) => CoreError::InvalidArgument(m),
+        warren_replica::Error::NotFound(m) => CoreError::NotFound(m),
+        warren_replica::Error::Unavailable(m) => CoreError::Unavailable(m),
+        other => CoreError::Internal(other.to_string()),
+    }
+}
