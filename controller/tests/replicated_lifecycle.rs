@@ -119,6 +119,31 @@ async fn delete_removes_every_replica_and_tolerates_unknown_ids() {
         .unwrap();
 }
 
+/// The edge mode's leader may change, and a standard controller's records may be lost:
+/// a controller without the volume's record still removes every replica, from every node
+/// it knows, and fails (to be retried) while a node cannot answer.
+#[tokio::test]
+async fn delete_without_a_record_asks_every_node() {
+    let c = cluster(&[("n1", 9, true), ("n2", 5, true), ("n3", 1, false)]);
+    let volume = c.create(replicated_request("pvc-a", &[])).await.unwrap();
+    assert_eq!(c.node("n1").replicas(), [key_of(&volume)]);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = service(other_dir.path(), &c.nodes);
+    let delete = || {
+        Request::new(DeleteVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            secrets: HashMap::new(),
+        })
+    };
+    c.node("n2").set_mode(Mode::Down);
+    let err = other.delete_volume(delete()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("n2"), "{}", err.message());
+    c.node("n2").set_mode(Mode::Up);
+    other.delete_volume(delete()).await.unwrap();
+    assert!(c.node("n1").replicas().is_empty() && c.node("n2").replicas().is_empty());
+}
+
 #[tokio::test]
 async fn delete_with_an_unreachable_node_keeps_the_record_until_reconciled() {
     let c = cluster(&[("n1", 9, true), ("n2", 5, true)]);

@@ -153,19 +153,21 @@ pub trait NodeStorage: Send + Sync + 'static {
     async fn capacity(&self, layout: Layout) -> Result<Capacity>;
     /// Creates this node's replica of a replicated volume, or returns it if it exists
     /// with the same size; ALREADY_EXISTS with another size. FAILED_PRECONDITION on a node
-    /// that hosts no replica service (the default: only the node's replica layer, in
-    /// warren-node, overrides these three).
+    /// that hosts no replica service (the defaults are what such a node answers: only the
+    /// node's replica layer, in warren-node, overrides these three).
     async fn create_replica(&self, spec: ReplicaSpec) -> Result<ReplicaInfo> {
         Err(no_replica_service(&spec.volume))
     }
-    /// Deletes this node's replica; a missing one is success. FAILED_PRECONDITION while
-    /// an engine has it open.
-    async fn delete_replica(&self, volume: ReplicatedVolumeId) -> Result<()> {
-        Err(no_replica_service(&volume))
+    /// Deletes this node's replica; a missing one is success (so, on a node without a
+    /// replica service, every one is). FAILED_PRECONDITION while an engine has it open.
+    async fn delete_replica(&self, _volume: ReplicatedVolumeId) -> Result<()> {
+        Ok(())
     }
     /// This node's replica, NOT_FOUND if it holds none.
     async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
-        Err(no_replica_service(&volume))
+        Err(crate::Error::NotFound(format!(
+            "this node hosts no replica service, so it holds no replica of {volume}"
+        )))
     }
 }
 

@@ -201,6 +201,24 @@ impl ControllerService {
         }
     }
 
+    /// A replicated ID without a record: deleted before, or made by another controller
+    /// (the edge mode's previous leader; a standard controller whose records were lost).
+    /// Its replicas, if any, are on nodes no record names: every known node is asked to
+    /// delete it (a node without it answers success), and any node that cannot answer
+    /// makes the call fail, to be retried, rather than leave a replica behind.
+    async fn remove_unrecorded(&self, id: &ReplicatedVolumeId) -> Result<()> {
+        let names = self.nodes().names();
+        let answers = on_each(self.nodes(), &names, None, |node| {
+            let id = id.clone();
+            async move { node.delete_replica(id).await }
+        })
+        .await;
+        for (node, answer) in names.iter().zip(answers) {
+            answer.map_err(|e| from_node(node, e))?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn delete_replicated(&self, raw: &str) -> Result<()> {
         // Malformed: it cannot name a volume Warren made, so it is already gone.
         let Ok(id) = ReplicatedVolumeId::parse(raw) else {
@@ -208,7 +226,7 @@ impl ControllerService {
         };
         let _lock = self.locks().lock(id.key.as_str()).await;
         let Some(mut rec) = self.records().replicated(&id.key) else {
-            return Ok(());
+            return self.remove_unrecorded(&id).await;
         };
         let _name_lock = self
             .locks()

@@ -137,14 +137,18 @@ pub fn parse_replicated_params(params: &HashMap<String, String>) -> Result<Repli
                     )))
                 }
             },
-            KEY_DATA_LOCALITY => out.data_locality = match value.as_str() {
-                "best-effort" => DataLocality::BestEffort,
-                "disabled" => DataLocality::Disabled,
-                "strict" => DataLocality::Strict,
-                other => return Err(Error::InvalidArgument(format!(
+            KEY_DATA_LOCALITY => {
+                out.data_locality = match value.as_str() {
+                    "best-effort" => DataLocality::BestEffort,
+                    "disabled" => DataLocality::Disabled,
+                    "strict" => DataLocality::Strict,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
                     "dataLocality {other:?}: expected \"best-effort\", \"disabled\" or \"strict\""
-                ))),
-            },
+                )))
+                    }
+                }
+            }
             KEY_SPREAD_KEY => {
                 check_label_key(value)?;
                 out.spread = Some(Spread {
