@@ -9,16 +9,14 @@ use std::sync::Arc;
 
 use csi_proto::v1::node_server::Node;
 use csi_proto::v1::node_service_capability::{rpc, Rpc, Type as CapType};
-use csi_proto::v1::volume_usage::Unit;
 use csi_proto::v1::*;
 use tonic::{Request, Response, Status};
-use warren_core::capability::{parse_capability, parse_shared_capability, Access, Requested};
+use warren_core::capability::{parse_capability, Requested};
 use warren_core::ids::{IdKind, ReplicatedVolumeId, VolumeId};
 use warren_core::lock::KeyedLocks;
-use warren_core::params::{CONTEXT_FS_TYPE, CONTEXT_SHARE};
+use warren_core::params::CONTEXT_SHARE;
 use warren_core::storage::Condition;
 use warren_core::TOPOLOGY_KEY;
-use warren_nfs::mount_options::MountRequest;
 use warren_nfs::volume_id::NfsVolumeId;
 
 use crate::error::Result;
@@ -28,6 +26,7 @@ use crate::nfs::{Deadlines, NfsStager};
 use crate::paths::check_under_root;
 use crate::replicated::ReplicatedStager;
 use crate::stage::{Stager, Stats};
+use requests::{capability, default_fs_type, share_request, usage};
 
 pub struct NodeService {
     store: LocalStore,
@@ -183,49 +182,6 @@ impl NodeService {
     }
 }
 
-/// The capability's fsType wins; the StorageClass's `fsType` fills in when it is empty.
-fn default_fs_type(cap: &mut Requested, context: &HashMap<String, String>) {
-    if let (Access::Mount { fs_type, .. }, Some(default)) =
-        (&mut cap.access, context.get(CONTEXT_FS_TYPE))
-    {
-        if fs_type.is_empty() {
-            *fs_type = default.clone();
-        }
-    }
-}
-
-/// The capability of a node request: every access mode for volumes several nodes can
-/// reach (NFS, shared), single-node modes for the others.
-fn capability(
-    target: &Target,
-    cap: Option<&VolumeCapability>,
-    context: &HashMap<String, String>,
-) -> Result<Requested, Status> {
-    let cap = required("volume_capability", cap)?;
-    let shared = context.contains_key(CONTEXT_SHARE);
-    match target {
-        Target::Local(_) if !shared => parse_capability(cap),
-        Target::Replicated(_) => parse_capability(cap),
-        _ => parse_shared_capability(cap),
-    }
-    .map_err(Status::from)
-}
-
-/// The mount of another node's shared volume, from the volume context the controller gave.
-fn share_request(
-    id: &VolumeId,
-    context: &HashMap<String, String>,
-    cap: &Requested,
-) -> Result<MountRequest, Status> {
-    let endpoint = context.get(CONTEXT_SHARE).ok_or_else(|| {
-        Status::not_found(format!(
-            "volume {id} lives on node {} and is not shared with other nodes",
-            id.node
-        ))
-    })?;
-    NfsStager::share_request(endpoint, id.key.as_str(), cap).map_err(Status::from)
-}
-
 /// A volume id from a node request. A malformed id cannot name a volume Warren made, so it
 /// is NOT_FOUND (what csi-sanity and the spec expect), except an empty one (INVALID_ARGUMENT).
 pub fn volume_id(raw: &str) -> Result<VolumeId, Status> {
@@ -237,39 +193,6 @@ pub fn volume_id(raw: &str) -> Result<VolumeId, Status> {
 
 fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
     value.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
-}
-
-/// NodeGetVolumeStats's usage entries.
-fn usage(stats: Option<Stats>) -> Vec<VolumeUsage> {
-    match stats {
-        None => vec![],
-        Some(Stats::Block { bytes }) => vec![VolumeUsage {
-            total: bytes as i64,
-            unit: Unit::Bytes as i32,
-            ..Default::default()
-        }],
-        Some(Stats::Fs {
-            bytes_total,
-            bytes_available,
-            bytes_used,
-            inodes_total,
-            inodes_free,
-            inodes_used,
-        }) => vec![
-            VolumeUsage {
-                available: bytes_available as i64,
-                total: bytes_total as i64,
-                used: bytes_used as i64,
-                unit: Unit::Bytes as i32,
-            },
-            VolumeUsage {
-                available: inodes_free as i64,
-                total: inodes_total as i64,
-                used: inodes_used as i64,
-                unit: Unit::Inodes as i32,
-            },
-        ],
-    }
 }
 
 fn node_cap(t: rpc::Type) -> NodeServiceCapability {
@@ -496,5 +419,6 @@ impl Node for NodeService {
 }
 
 mod replicated;
+mod requests;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,10 @@ async fn the_id_kind_picks_the_parser() {
     assert!(matches!(service.target(&there), Ok(Target::Remote(id)) if id.node == "n2"));
     let nfs = "nfs#10.0.0.5#/export#pvc-1#delete";
     assert!(matches!(service.target(nfs), Ok(Target::Nfs(_))));
+    let replicated = format!("replicated#{KEY}");
+    assert!(
+        matches!(service.target(&replicated), Ok(Target::Replicated(id)) if id.replica_name() == KEY)
+    );
 
     let empty = refused(&service, "");
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
@@ -45,14 +49,20 @@ async fn the_id_kind_picks_the_parser() {
         "{}",
         bad_nfs.message()
     );
+    // A malformed replicated ID is told so by the replicated ID parser.
+    let bad_replicated = refused(&service, &format!("replicated#x#{KEY}"));
+    assert_eq!(bad_replicated.code(), tonic::Code::NotFound);
+    assert!(
+        bad_replicated
+            .message()
+            .starts_with("no such volume: malformed replicated volume id"),
+        "{}",
+        bad_replicated.message()
+    );
     // Every other ID is refused by the local volume parser, with its reason.
     for (raw, why) in [
         (format!("snap#image#n1#{KEY}"), "wrong prefix"),
         (format!("nfssnap#h#/s#{KEY}"), "wrong prefix"),
-        (
-            format!("replicated#x#{KEY}"),
-            "expected 4 '#'-separated parts",
-        ),
         ("zfs#pool#vol".to_string(), "expected 4 '#'-separated parts"),
         (format!("local#image#n1#{}", &KEY[1..]), "bad key"),
     ] {
