@@ -192,6 +192,30 @@ pub struct NodeSide {
     /// the --share-listen host, which must then not be 0.0.0.0.
     #[arg(long, env = "WARREN_SHARE_ADDRESS", value_name = "IP")]
     pub share_address: Option<String>,
+    #[command(flatten)]
+    pub replicas: ReplicaHostArgs,
+}
+
+/// This node's replica service, kept in the node process: it holds the node's replicas
+/// of `backend: replicated` volumes, and engines of volumes staged here reach it in
+/// process. Off when --replica-listen is unset (then such volumes are refused here).
+#[derive(Args, Debug, Clone)]
+pub struct ReplicaHostArgs {
+    /// Serve this node's replicas on HOST:PORT (engines on other nodes connect here).
+    #[arg(long, env = "WARREN_REPLICA_LISTEN", value_name = "HOST:PORT")]
+    pub replica_listen: Option<String>,
+    /// The IP other nodes reach the replica service at (its InternalIP); by default the
+    /// --replica-listen host, which must then not be 0.0.0.0.
+    #[arg(long, env = "WARREN_REPLICA_ADDRESS", value_name = "IP")]
+    pub replica_address: Option<String>,
+    /// File holding the cluster's replication token (at least 16 bytes), the same on
+    /// every node: node-to-node replication traffic is refused without it. The edge mode
+    /// may take it from --cluster-token-secret instead.
+    #[arg(long, env = "WARREN_REPLICA_TOKEN_FILE", requires = "replica_listen")]
+    pub replica_token_file: Option<PathBuf>,
+    /// Directory holding this node's replicas [default: <storage-root>/replicas].
+    #[arg(long, env = "WARREN_REPLICA_ROOT")]
+    pub replica_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +239,24 @@ pub struct EdgeArgs {
     /// The kubelet's plugin registration directory [default: <kubelet-dir>/plugins_registry].
     #[arg(long, env = "WARREN_REGISTRATION_DIR")]
     pub registration_dir: Option<PathBuf>,
+    /// Serve this node's storage agent on HOST:PORT to the other nodes' Warren, and reach
+    /// theirs (found from the Node objects, at their InternalIP and this port): what a
+    /// replicated volume's provisioning needs to create replicas on other nodes.
+    /// Needs the cluster token (--cluster-token-secret or --agent-token-file). Off when
+    /// unset: replicated volumes then have replicas on this node only.
+    #[arg(long, env = "WARREN_AGENT_LISTEN")]
+    pub agent_listen: Option<String>,
+    /// File holding the cluster's agent token.
+    #[arg(
+        long,
+        env = "WARREN_AGENT_TOKEN_FILE",
+        conflicts_with = "cluster_token_secret"
+    )]
+    pub agent_token_file: Option<PathBuf>,
+    /// Secret (in --namespace, key `token`) holding the cluster token that node agents and
+    /// replication traffic carry; created with a random token when missing.
+    #[arg(long, env = "WARREN_CLUSTER_TOKEN_SECRET")]
+    pub cluster_token_secret: Option<String>,
 }
 
 #[derive(Args, Debug)]

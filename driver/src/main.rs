@@ -7,6 +7,7 @@ mod cli;
 mod http;
 mod kind;
 mod metrics;
+mod node_side;
 mod replication;
 mod serve;
 mod volume_stats;

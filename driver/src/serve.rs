@@ -1,6 +1,5 @@
 //! Builds the services for a mode and serves them until SIGTERM or Ctrl-C.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +18,12 @@ use warren_node::local::LocalStore;
 use warren_node::loopdev::LoopDevices;
 use warren_node::mounter::SystemMounter;
 use warren_node::service::NodeService;
-use warren_node::share::{ShareHost, SharingStore};
-use warren_node::stage::Stager;
 
 use crate::calls::Observed;
 use crate::cli::{Common, Mode, NodeSide};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::node_side::{self, discover_nodes, read_token, serve_agent};
 use warren_kube::edge::EdgeConfig;
 
 /// How often the controller retries records a node could not settle at startup.
@@ -40,7 +38,9 @@ pub async fn run(mode: Mode) -> Result<()> {
     });
 
     match mode {
-        Mode::All(args) => serve_all(&args.common, &args.node, None, ready, stop_rx).await,
+        Mode::All(args) => {
+            serve_all(&args.common, &args.node, None, None, None, ready, stop_rx).await
+        }
         Mode::Edge(args) => {
             let Endpoint::Unix(csi_socket) = Endpoint::parse(&args.common.endpoint)? else {
                 return Err(Error::InvalidArgument(
@@ -56,7 +56,47 @@ pub async fn run(mode: Mode) -> Result<()> {
                     .clone()
                     .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry")),
             };
-            serve_all(&args.common, &args.node, Some(edge), ready, stop_rx).await
+            let cluster_token = match (&args.agent_token_file, &args.cluster_token_secret) {
+                (Some(file), _) => Some(read_token(file)?),
+                (None, Some(secret)) => Some(edge_cluster_token(&args.namespace, secret).await?),
+                (None, None) => None,
+            };
+            let peers = match (&args.agent_listen, cluster_token) {
+                (Some(listen), Some(token)) => Some(node_side::Peers {
+                    listen: listen.clone(),
+                    token,
+                }),
+                (Some(_), None) => {
+                    return Err(Error::InvalidArgument(
+                        "--agent-listen needs the cluster token: --cluster-token-secret or \
+                         --agent-token-file"
+                            .into(),
+                    ))
+                }
+                (None, token) => {
+                    // No peers: the replica host may still use the token.
+                    return serve_all(
+                        &args.common,
+                        &args.node,
+                        Some(edge),
+                        None,
+                        token,
+                        ready,
+                        stop_rx,
+                    )
+                    .await;
+                }
+            };
+            serve_all(
+                &args.common,
+                &args.node,
+                Some(edge),
+                peers,
+                None,
+                ready,
+                stop_rx,
+            )
+            .await
         }
         Mode::Controller(args) => {
             let token = read_token(&args.agent_token_file)?;
@@ -65,6 +105,7 @@ pub async fn run(mode: Mode) -> Result<()> {
             if args.discover_nodes {
                 tokio::spawn(discover_nodes(
                     nodes.clone(),
+                    None,
                     args.agent_port,
                     token.clone(),
                     stop_rx.clone(),
@@ -100,26 +141,8 @@ pub async fn run(mode: Mode) -> Result<()> {
             let token = read_token(&args.agent_token_file)?;
             let store = open_store(&args.node)?;
             let metrics = observability(&args.common, Some(&store), &ready, &stop_rx).await?;
-            let agent_addr: std::net::SocketAddr = args.agent_listen.parse().map_err(|e| {
-                Error::InvalidArgument(format!("--agent-listen {:?}: {e}", args.agent_listen))
-            })?;
-            let storage = sharing_store(&args.node, &store).await?;
-            let agent_service = agent::server(storage, &token)?;
-            // Bind now, so a taken port fails startup instead of a background task.
-            let agent_listener = tokio::net::TcpListener::bind(agent_addr)
-                .await
-                .map_err(Error::io(format!("bind agent {agent_addr}")))?;
-            let agent_addr = agent_listener
-                .local_addr()
-                .map_err(Error::io("agent address"))?;
-            let agent_task = tokio::spawn(
-                Server::builder()
-                    .add_service(agent_service)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                        agent_listener,
-                    )),
-            );
-            tracing::info!(address = %agent_addr, "node agent listening");
+            let stack = node_side::build(&args.node, &store, None).await?;
+            let agent_task = serve_agent(&args.agent_listen, stack.storage.clone(), &token).await?;
             let registration_task = args.register_with_kubelet.as_ref().map(|csi_socket| {
                 let dir = args
                     .registration_dir
@@ -127,12 +150,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                     .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry"));
                 warren_kube::registration::spawn(&dir, csi_socket, stop_rx.clone())
             });
-            let node = NodeService::new(
-                store,
-                Arc::new(SystemMounter),
-                args.node.kubelet_dir.clone(),
-                args.common.nfs.node_deadlines(),
-            );
+            let node = node_service(store, &args.node, &args.common, stack.replicas);
             let identity = IdentityService::new(false, ready.clone());
             let router = Server::builder()
                 .add_service(IdentityServer::new(Observed::new(
@@ -141,9 +159,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                 )))
                 .add_service(NodeServer::new(Observed::new(node, metrics)));
             let served = serve_csi(router, &args.common.endpoint, ready, stop_rx).await;
-            // The CSI side has had its grace period; the agent's calls are covered by the
-            // controller's retries and records.
-            agent_task.abort();
+            drop(agent_task);
             if let Some(task) = registration_task {
                 // It removes its socket on the stop signal; give it a moment to.
                 let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
@@ -159,21 +175,36 @@ async fn serve_all(
     common: &Common,
     node_side: &NodeSide,
     edge: Option<EdgeConfig>,
+    peers: Option<node_side::Peers>,
+    // The cluster token when there are no peers (with peers, theirs).
+    token: Option<String>,
     ready: Arc<AtomicBool>,
     stop_rx: watch::Receiver<bool>,
 ) -> Result<()> {
     let store = open_store(node_side)?;
     let metrics = observability(common, Some(&store), &ready, &stop_rx).await?;
+    let token = peers.as_ref().map(|p| p.token.clone()).or(token);
+    let stack = node_side::build(node_side, &store, token.as_deref()).await?;
     let nodes = Nodes::default();
-    nodes.add(&node_side.node_id, sharing_store(node_side, &store).await?);
+    nodes.add(&node_side.node_id, stack.storage.clone());
+    // The edge mode reaches the other nodes' storage through their agents (replicas
+    // are placed on several nodes); `all` is one node.
+    let mut _agent_task = None;
+    if let Some(peers) = &peers {
+        let token = peers.token.clone();
+        _agent_task = Some(serve_agent(&peers.listen, stack.storage.clone(), &token).await?);
+        let port = node_side::port_of(&peers.listen)?;
+        tokio::spawn(discover_nodes(
+            nodes.clone(),
+            Some(node_side.node_id.clone()),
+            port,
+            token,
+            stop_rx.clone(),
+        ));
+    }
     let controller = start_controller(common, nodes, stop_rx.clone()).await?;
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
-    let node = NodeService::new(
-        store,
-        Arc::new(SystemMounter),
-        node_side.kubelet_dir.clone(),
-        common.nfs.node_deadlines(),
-    );
+    let node = node_service(store, node_side, common, stack.replicas);
     let identity = IdentityService::new(true, ready.clone());
     let router = Server::builder()
         .add_service(IdentityServer::new(Observed::new(
@@ -223,50 +254,34 @@ async fn observability(
     Ok(Some(metrics))
 }
 
+/// The edge mode's cluster token, from its Secret (created when missing).
+async fn edge_cluster_token(namespace: &str, secret: &str) -> Result<String> {
+    warren_kube::cluster_token::ensure_in_cluster(namespace, secret)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cluster token Secret {secret:?}: {e}")))
+}
+
+fn node_service(
+    store: LocalStore,
+    node_side: &NodeSide,
+    common: &Common,
+    replicas: Option<Arc<warren_node::replicated::ReplicaHost>>,
+) -> NodeService {
+    let service = NodeService::new(
+        store,
+        Arc::new(SystemMounter),
+        node_side.kubelet_dir.clone(),
+        common.nfs.node_deadlines(),
+    );
+    match replicas {
+        Some(host) => service.with_replicas(host),
+        None => service,
+    }
+}
+
 fn open_store(node: &NodeSide) -> Result<LocalStore> {
     validate_node_id(&node.node_id)?;
     LocalStore::open(&node.node_id, &node.storage_root, Arc::new(LoopDevices)).map_err(Into::into)
-}
-
-/// The node's storage as the controller reaches it, with the built-in share started
-/// when `--share-listen` asks for it (which serves again what was shared before).
-async fn sharing_store(node: &NodeSide, store: &LocalStore) -> Result<Arc<SharingStore>> {
-    let Some(listen) = &node.share_listen else {
-        return Ok(Arc::new(SharingStore::new(store.clone(), None)));
-    };
-    let listen: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|e| Error::InvalidArgument(format!("--share-listen {listen:?}: {e}")))?;
-    let advertise: std::net::IpAddr = match &node.share_address {
-        Some(a) => a
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("--share-address {a:?}: {e}")))?,
-        None if !listen.ip().is_unspecified() => listen.ip(),
-        None => {
-            return Err(Error::InvalidArgument(
-                "--share-listen on 0.0.0.0 needs --share-address (the IP other nodes reach)".into(),
-            ))
-        }
-    };
-    let for_share = store.clone();
-    let stager = Arc::new(Stager::new(store.clone(), Arc::new(SystemMounter)));
-    let host =
-        tokio::task::spawn_blocking(move || ShareHost::start(listen, advertise, for_share, stager))
-            .await
-            .map_err(|e| Error::Internal(format!("share start: {e}")))??;
-    tracing::info!(endpoint = %host.endpoint(), "built-in NFS share serving");
-    Ok(Arc::new(SharingStore::new(
-        store.clone(),
-        Some(Arc::new(host)),
-    )))
-}
-
-fn read_token(path: &std::path::Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .map_err(Error::io(format!("read agent token {}", path.display())))?;
-    let token = token.trim().to_string();
-    agent::validate_token(&token)?;
-    Ok(token)
 }
 
 /// Opens the records, settles what a crash left half done, and keeps retrying what an
@@ -294,37 +309,6 @@ async fn start_controller(
         }
     });
     Ok(controller)
-}
-
-/// Keeps `nodes` equal to the agents the Node objects name (standard mode). Without a
-/// Kubernetes API the process exits: --discover-nodes is only given in a cluster.
-async fn discover_nodes(nodes: Nodes, port: u16, token: String, stop: watch::Receiver<bool>) {
-    let mut known: BTreeMap<String, String> = BTreeMap::new();
-    let update = |agents: &BTreeMap<String, String>| {
-        for gone in known.keys().filter(|n| !agents.contains_key(*n)) {
-            nodes.remove(gone);
-            tracing::info!(node = %gone, "node left");
-        }
-        for (name, address) in agents {
-            if known.get(name) == Some(address) {
-                continue;
-            }
-            match agent::RemoteNodeStorage::new(name, address, &token) {
-                Ok(storage) => {
-                    nodes.add(name, Arc::new(storage));
-                    tracing::info!(node = %name, %address, "node agent found");
-                }
-                Err(e) => {
-                    tracing::warn!(node = %name, %address, error = %e, "bad node agent address")
-                }
-            }
-        }
-        known = agents.clone();
-    };
-    if let Err(e) = warren_kube::discovery::run(port, update, stop).await {
-        tracing::error!(error = %e, "--discover-nodes needs the Kubernetes API");
-        std::process::exit(1);
-    }
 }
 
 /// How long in-flight calls get to finish after SIGTERM. Kubelet and the sidecars keep

@@ -21,6 +21,9 @@ pub enum Processes {
     All,
     /// `warren controller` + `warren node` joined by the node agent.
     Split,
+    /// `warren controller` + this many `warren node`s, each hosting a replica service
+    /// (replicated volumes); csi-sanity's node calls go to the first node.
+    SplitReplicated(usize),
 }
 
 /// The target directory the test binary runs from (`target/debug/deps/..`).
@@ -153,6 +156,19 @@ pub fn run_cell(
     access: &str,
     min_specs: usize,
 ) {
+    run_cell_skipping(name, processes, parameters, access, min_specs, &[]);
+}
+
+/// `run_cell`, with csi-sanity's specs matching `skip` (ginkgo regexps) left out. Each
+/// pattern's reason is the caller's to state where the cell is defined.
+pub fn run_cell_skipping(
+    name: &str,
+    processes: Processes,
+    parameters: &str,
+    access: &str,
+    min_specs: usize,
+    skip_specs: &[&str],
+) {
     let Some(sanity) = csi_sanity() else {
         return skip(
             "WARREN_REQUIRE_SANITY",
@@ -177,14 +193,6 @@ pub fn run_cell(
         children: Vec::new(),
     };
 
-    let node_flags = |sock: &Path| {
-        vec![
-            format!("--endpoint=unix://{}", sock.display()),
-            "--node-id=sanity-node".into(),
-            format!("--storage-root={}", dir.join("storage").display()),
-            format!("--kubelet-dir={}", kubelet.display()),
-        ]
-    };
     let (node_sock, ctl_sock) = match processes {
         Processes::All => {
             let sock = dir.join("csi.sock");
@@ -192,51 +200,15 @@ pub fn run_cell(
                 "all".to_string(),
                 format!("--state-dir={}", dir.join("state").display()),
             ];
-            args.extend(node_flags(&sock));
+            args.extend(node_flags(&dir, &kubelet, &sock, "sanity-node", "storage"));
             let log = dir.join("warren.log");
             let mut child = spawn(&args, &log);
             wait_for_socket(&sock, &mut child, &log);
             cleanup.children.push(child);
             (sock.clone(), sock)
         }
-        Processes::Split => {
-            let (node_sock, ctl_sock) = (dir.join("node.sock"), dir.join("controller.sock"));
-            let token = dir.join("agent-token");
-            let mut random = [0u8; 16];
-            std::io::Read::read_exact(
-                &mut std::fs::File::open("/dev/urandom").unwrap(),
-                &mut random,
-            )
-            .unwrap();
-            let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::write(&token, secret).unwrap();
-            std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .unwrap();
-            let port = free_port();
-            let mut args = vec![
-                "node".to_string(),
-                format!("--state-dir={}", dir.join("node-state").display()),
-            ];
-            args.extend(node_flags(&node_sock));
-            args.push(format!("--agent-listen=127.0.0.1:{port}"));
-            args.push(format!("--agent-token-file={}", token.display()));
-            let log = dir.join("node.log");
-            let mut child = spawn(&args, &log);
-            wait_for_socket(&node_sock, &mut child, &log);
-            cleanup.children.push(child);
-            let args = vec![
-                "controller".to_string(),
-                format!("--endpoint=unix://{}", ctl_sock.display()),
-                format!("--state-dir={}", dir.join("controller-state").display()),
-                format!("--node-agent=sanity-node=http://127.0.0.1:{port}"),
-                format!("--agent-token-file={}", token.display()),
-            ];
-            let log = dir.join("controller.log");
-            let mut child = spawn(&args, &log);
-            wait_for_socket(&ctl_sock, &mut child, &log);
-            cleanup.children.push(child);
-            (node_sock, ctl_sock)
-        }
+        Processes::Split => split(&dir, &kubelet, &mut cleanup, 1),
+        Processes::SplitReplicated(nodes) => split(&dir, &kubelet, &mut cleanup, nodes),
     };
 
     // mkfs.xfs refuses file systems under 300 MiB.
@@ -263,8 +235,9 @@ pub fn run_cell(
         .arg("--ginkgo.no-color")
         .arg("--ginkgo.v")
         .arg("--ginkgo.timeout=10m");
-    if !GINKGO_SKIP.is_empty() {
-        cmd.arg(format!("--ginkgo.skip={}", GINKGO_SKIP.join("|")));
+    let skipped: Vec<&str> = GINKGO_SKIP.iter().chain(skip_specs).copied().collect();
+    if !skipped.is_empty() {
+        cmd.arg(format!("--ginkgo.skip={}", skipped.join("|")));
     }
     let out = cmd.output().expect("run csi-sanity");
     let text = format!(
@@ -282,20 +255,26 @@ pub fn run_cell(
         .collect();
     println!("csi-sanity {name}: {}", summary.join("\n  "));
     if !out.status.success() {
-        let logs: String = ["warren.log", "node.log", "controller.log"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-            .map(|l| {
-                l.lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .collect();
+        let logs: String = [
+            "warren.log",
+            "node.log",
+            "node-2.log",
+            "node-3.log",
+            "controller.log",
+        ]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .map(|l| {
+            l.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
         let tail: String = text
             .lines()
             .rev()
@@ -315,6 +294,89 @@ pub fn run_cell(
     );
     drop(cleanup);
     drop(tmp);
+}
+
+fn node_flags(dir: &Path, kubelet: &Path, sock: &Path, node: &str, storage: &str) -> Vec<String> {
+    vec![
+        format!("--endpoint=unix://{}", sock.display()),
+        format!("--node-id={node}"),
+        format!("--storage-root={}", dir.join(storage).display()),
+        format!("--kubelet-dir={}", kubelet.display()),
+    ]
+}
+
+fn random_token(path: &Path) {
+    let mut random = [0u8; 16];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut random,
+    )
+    .unwrap();
+    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, secret).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// `warren controller` and `nodes` × `warren node` (the first is csi-sanity's node). With
+/// more than one node, every node hosts a replica service, all sharing one token.
+fn split(dir: &Path, kubelet: &Path, cleanup: &mut Cleanup, nodes: usize) -> (PathBuf, PathBuf) {
+    let ctl_sock = dir.join("controller.sock");
+    let token = dir.join("agent-token");
+    random_token(&token);
+    let mut agents = Vec::new();
+    let mut first_sock = None;
+    for n in 1..=nodes {
+        let (id, suffix) = match n {
+            1 => ("sanity-node".to_string(), String::new()),
+            n => (format!("sanity-node-{n}"), format!("-{n}")),
+        };
+        let sock = dir.join(format!("node{suffix}.sock"));
+        let port = free_port();
+        let mut args = vec![
+            "node".to_string(),
+            format!(
+                "--state-dir={}",
+                dir.join(format!("node{suffix}-state")).display()
+            ),
+        ];
+        let node_kubelet = if n == 1 {
+            kubelet.to_path_buf()
+        } else {
+            dir.join(format!("kubelet{suffix}"))
+        };
+        std::fs::create_dir_all(&node_kubelet).unwrap();
+        args.extend(node_flags(
+            dir,
+            &node_kubelet,
+            &sock,
+            &id,
+            &format!("storage{suffix}"),
+        ));
+        args.push(format!("--agent-listen=127.0.0.1:{port}"));
+        args.push(format!("--agent-token-file={}", token.display()));
+        if nodes > 1 {
+            args.push(format!("--replica-listen=127.0.0.1:{}", free_port()));
+            args.push(format!("--replica-token-file={}", token.display()));
+        }
+        let log = dir.join(format!("node{suffix}.log"));
+        let mut child = spawn(&args, &log);
+        wait_for_socket(&sock, &mut child, &log);
+        cleanup.children.push(child);
+        agents.push(format!("--node-agent={id}=http://127.0.0.1:{port}"));
+        first_sock.get_or_insert(sock);
+    }
+    let mut args = vec![
+        "controller".to_string(),
+        format!("--endpoint=unix://{}", ctl_sock.display()),
+        format!("--state-dir={}", dir.join("controller-state").display()),
+        format!("--agent-token-file={}", token.display()),
+    ];
+    args.extend(agents);
+    let log = dir.join("controller.log");
+    let mut child = spawn(&args, &log);
+    wait_for_socket(&ctl_sock, &mut child, &log);
+    cleanup.children.push(child);
+    (first_sock.unwrap(), ctl_sock)
 }
 
 /// N from csi-sanity's (ginkgo's) `Ran N of M Specs in ...` line.

@@ -53,7 +53,26 @@ impl ControllerService {
         let params = parse_replicated_params(&req.parameters)?;
         let block = single_node_capabilities(&req.volume_capabilities)?;
         let capacity = volume_capacity(req.capacity_range.as_ref(), Layout::Image)?;
-        if req.volume_content_source.is_some() {
+        // A source that does not exist is NOT_FOUND, as the spec asks, before the
+        // refusal of one that does.
+        let replicated_source = req
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| match &s.r#type {
+                Some(volume_content_source::Type::Volume(v))
+                    if warren_core::ids::is_replicated_volume(&v.volume_id) =>
+                {
+                    Some(v.volume_id.as_str())
+                }
+                _ => None,
+            });
+        let has_source = match replicated_source {
+            Some(id) => self.ready_replicated(id).map(|_| true)?,
+            None => self
+                .content_source(req.volume_content_source.as_ref())?
+                .is_some(),
+        };
+        if has_source {
             return Err(Error::InvalidArgument(
                 "restore/clone into replicated volumes is not available yet".into(),
             ));
