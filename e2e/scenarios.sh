@@ -13,6 +13,7 @@ SCENARIOS=(
   "a clone of a claim|s_clone"
   "xfs: a clone and a restored snapshot mount beside their running source (issue 20)|s_xfs_copies_beside_source"
   "a VolumeSnapshot deleted after its claim goes with its content and data (issue 20)|s_snapshot_outlives_claim"
+  "replicated (2 replicas): on both nodes, a pod moved to the other node reads every byte|s_replicated_move"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
   "Warren killed (kill -9) while a volume is in use|s_node_restart"
@@ -195,6 +196,44 @@ s_snapshot_outlives_claim() {
   echo "claim and PV deleted first; the snapshot, its content $content and its data at $dir went after"
 }
 
+# replica_dir HANDLE NODE: the directory of the replica of volume HANDLE (replicated#KEY)
+# in NODE's replica root (empty if there is none).
+replica_dir() {
+  local dir
+  dir="$(warren_storage_root "$2")/replicas/${1#replicated#}"
+  [[ ${1#replicated#} != "$1" && -e $dir ]] && echo "$dir"
+  return 0
+}
+
+s_replicated_move() {
+  pvc rep1 256Mi warren-replicated
+  # 32 MiB of random data and its checksum, written on node 1, synced.
+  run_pod repw "$NODE1" rep1 \
+    "head -c 33554432 /dev/urandom >/data/blob && sha256sum /data/blob | cut -d' ' -f1 >/data/blob.sum && sync && cat /data/blob.sum" \
+    >"$W/rep1.sum"
+  local pv handle sum
+  pv="$(pv_of rep1)"
+  handle="$(k get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')"
+  [[ $handle == replicated#* ]] || fail "PV $pv has handle '$handle', want replicated#..."
+  [[ -z "$(pv_node "$pv")" ]] || fail "PV $pv is pinned to $(pv_node "$pv"): a replicated volume may be used on any node"
+  [[ -f "$(replica_dir "$handle" "$NODE1")/meta.json" ]] || fail "no replica of $pv on $NODE1"
+  [[ -f "$(replica_dir "$handle" "$NODE2")/meta.json" ]] || fail "no replica of $pv on $NODE2"
+  sum="$(cat "$W/rep1.sum")"
+  [[ ${#sum} == 64 ]] || fail "the writer printed '$sum', not a checksum"
+  kn delete pod repw --wait=true >/dev/null
+  # The same volume on the other node: every byte, through that node's engine.
+  local got
+  got="$(run_pod repr "$NODE2" rep1 "sha256sum /data/blob | cut -d' ' -f1; cat /data/blob.sum")"
+  [[ "$(sed -n 1p <<<"$got")" == "$sum" && "$(sed -n 2p <<<"$got")" == "$sum" ]] ||
+    fail "the pod on $NODE2 read checksums '${got//$'\n'/ }', want $sum"
+  kn delete pod repr --wait=true >/dev/null
+  kn delete pvc rep1 --wait=true >/dev/null
+  wait_until "PV $pv deleted" 90 gone pv "$pv"
+  no_replicas() { [[ -z "$(replica_dir "$handle" "$NODE1")$(replica_dir "$handle" "$NODE2")" ]]; }
+  wait_until "the replicas of $pv removed from both nodes" 30 no_replicas
+  echo "PV $pv ($handle): replicas on $NODE1 and $NODE2; 32 MiB written on $NODE1 read back on $NODE2 ($sum); deleted from both nodes"
+}
+
 s_reclaim_delete() {
   local pv
   pv="$(pv_of data2)"
@@ -293,7 +332,9 @@ s_all_gone() {
   [[ -f "$W/retained-volume" ]] && want="$(cat "$W/retained-volume")"
   for node in "$NODE1" "$NODE2"; do
     root="$(warren_storage_root "$node")"
-    left="$(find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 2>/dev/null | sort)"
+    left="$( (find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1
+      find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse
+      find "$root/replicas/.fuse" -mindepth 1 -maxdepth 1) 2>/dev/null | sort)"
     if [[ $node == "$NODE1" && -n $want ]]; then
       [[ $left == "$want" ]] || fail "left in $root: '${left//$'\n'/ }', want only the retained volume $want"
     else
@@ -307,7 +348,7 @@ s_all_gone() {
   local mounts
   mounts="$(grep -c 'kubernetes.io/csi' /proc/self/mountinfo || true)"
   ((mounts == 0)) || fail "$mounts CSI mounts left: $(grep 'kubernetes.io/csi' /proc/self/mountinfo)"
-  echo "no PV, snapshot content, loop device, CSI mount or unretained volume left"
+  echo "no PV, snapshot content, loop device, CSI mount, replica or unretained volume left"
 }
 
 # Run once after both modes are torn down (not in SCENARIOS): nothing Warren attached during

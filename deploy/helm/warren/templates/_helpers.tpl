@@ -64,6 +64,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail (printf "share.port %d is already one of the node pod's ports (%v)" $port $taken) -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.replication.enabled -}}
+{{- $port := int .Values.replication.port -}}
+{{- $taken := list (int .Values.agentPort) -}}
+{{- if eq .Values.mode "standard" -}}
+{{- $taken = append $taken (int .Values.metrics.nodePort) -}}
+{{- if .Values.sidecars.livenessProbe.enabled -}}
+{{- $taken = append $taken (int .Values.node.livenessProbePort) -}}
+{{- end -}}
+{{- else -}}
+{{- $taken = append $taken (int .Values.metrics.edgePort) -}}
+{{- end -}}
+{{- if .Values.share.enabled -}}
+{{- $taken = append $taken (int .Values.share.port) -}}
+{{- end -}}
+{{- if has $port $taken -}}
+{{- fail (printf "replication.port %d is already one of the node pod's ports (%v)" $port $taken) -}}
+{{- end -}}
+{{- end -}}
 {{- range list .Values.storageRoot .Values.stateDir .Values.kubeletDir -}}
 {{- if not (hasPrefix "/" .) -}}
 {{- fail (printf "storageRoot, stateDir and kubeletDir must be absolute paths (%q is not)" .) -}}
@@ -134,6 +152,22 @@ app.kubernetes.io/component: {{ index . 1 }}
   valueFrom:
     fieldRef:
       fieldPath: status.hostIP
+{{- end }}
+
+{{/* Replicated volumes' environment (replication.enabled): this node's replica
+     service on the host network, told to other nodes at the node's IP, and the cluster
+     token. */}}
+{{- define "warren.replicationEnv" -}}
+- name: WARREN_REPLICA_LISTEN
+  value: "0.0.0.0:{{ .Values.replication.port }}"
+- name: WARREN_REPLICA_ADDRESS
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- if eq .Values.mode "standard" }}
+- name: WARREN_REPLICA_TOKEN_FILE
+  value: /etc/warren/agent/token
+{{- end }}
 {{- end }}
 
 {{- define "warren.sidecarSecurity" -}}
