@@ -13,7 +13,7 @@ use warren_replica::BlockTarget;
 
 use super::replica_error;
 use crate::error::Result;
-use crate::loopdev::{BlockDevices, LoopDevices};
+use crate::loopdev::{block_device_size, set_capacity, BlockDevices, LoopDevices};
 
 /// The kernel block device a frontend made of the volume.
 pub enum Device {
@@ -43,17 +43,107 @@ impl Device {
                 LoopDevices
                     .detach(mount.path())
                     .map_err(|e| CoreError::Internal(e.to_string()))?;
+                // `<fuse_dir>/<volume>`, made by `attach_frontend`.
+                let mount_point = mount.mountpoint().to_path_buf();
                 // The loop device lets go of the file asynchronously.
+                let mut unmounted = false;
                 for _ in 0..50 {
                     if mount.unmount().is_ok() {
-                        return Ok(());
+                        unmounted = true;
+                        break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                mount.unmount().map_err(replica_error)?
+                if !unmounted {
+                    mount.unmount().map_err(replica_error)?;
+                }
+                // Empty once unmounted; remove_dir never takes anything with it.
+                match std::fs::remove_dir(&mount_point) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(
+                        dir = %mount_point.display(), error = %e,
+                        "cannot remove the FUSE mount point"
+                    ),
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// What makes a volume's kernel device show its engine's size after the engine grew
+/// (online expansion). Owned, so it runs off the runtime without holding the device.
+pub enum Resize {
+    /// The kernel re-reads the FUSE file's size, then the loop device the file's.
+    FuseLoop {
+        refresh: fuse::SizeRefresh,
+        loop_device: PathBuf,
+    },
+    /// ublk and kernel NBD devices keep the size they were attached with: Warren does not
+    /// change it online (see `Resize::to`).
+    Fixed {
+        frontend: &'static str,
+        device: PathBuf,
+    },
+}
+
+impl Device {
+    pub fn resize(&self) -> Result<Resize> {
+        Ok(match self {
+            Device::Ublk(d) => Resize::Fixed {
+                frontend: "ublk",
+                device: d.device().to_path_buf(),
+            },
+            Device::Nbd(d) => Resize::Fixed {
+                frontend: "nbd",
+                device: d.device().to_path_buf(),
+            },
+            Device::FuseLoop { loop_device, mount } => Resize::FuseLoop {
+                refresh: mount.size_refresh().map_err(replica_error)?,
+                loop_device: loop_device.clone(),
+            },
+        })
+    }
+}
+
+impl Resize {
+    /// Makes the device show `size` bytes (the engine's size) and returns its size then.
+    /// Blocking. A device that shows `size` already needs nothing, whatever its frontend
+    /// (a volume expanded while not staged starts at its new size).
+    pub fn to(self, size: u64) -> Result<u64> {
+        match self {
+            Resize::FuseLoop {
+                refresh,
+                loop_device,
+            } => {
+                let file = refresh.run().map_err(replica_error)?;
+                if file < size {
+                    return Err(CoreError::Internal(format!(
+                        "the kernel sees {file} bytes in the volume's FUSE file, not {size}"
+                    ))
+                    .into());
+                }
+                set_capacity(&loop_device)?;
+                block_device_size(&loop_device)
+            }
+            Resize::Fixed { frontend, device } => {
+                let shown = block_device_size(&device)?;
+                if shown >= size {
+                    return Ok(shown);
+                }
+                // The ublk driver's size change (UBLK_CMD_UPDATE_SIZE, Linux 6.16) and
+                // NBD's NBD_SET_SIZE on a connected device are not used (nor tested in the
+                // kernel lab) yet: say so rather than pretend.
+                Err(CoreError::FailedPrecondition(format!(
+                    "online expansion is not available for volumes served through {frontend} \
+                     ({} shows {shown} bytes, the volume has {size}): unstage the volume and \
+                     stage it again, which starts it at its new size and grows its file system",
+                    device.display()
+                ))
+                .into())
+            }
+        }
     }
 }
 
