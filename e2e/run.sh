@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# e2e/run.sh: Warren's end-to-end suite on a real two-node Kubernetes cluster.
+# e2e/run.sh: Warren's end-to-end suite on a real three-node Kubernetes cluster
+# (WARREN_E2E_NODES=2 for two; some replicated scenarios then skip).
 #
 #   bash e2e/run.sh             (as root; what CI runs)
 #
@@ -13,11 +14,11 @@
 # 4. runs the scenarios below, each reported PASS or FAIL with what went wrong;
 # 5. tears everything down (WARREN_E2E_KEEP=1 leaves the cluster running).
 #
-# The two nodes share this machine's file system (node 2 differs only by its network
-# namespace and kubelet root dir, see e2e/cluster/README.md), so node 2's Warren runs
-# from a copy of the DaemonSet with node 2's paths: kubelet dir
-# /var/lib/kubelet-warren-node2 and state /var/lib/warren-node2. Node 1's runs from the
-# manifest as shipped (plus a node selector).
+# The nodes share this machine's file system (node N > 1 differs only by its network
+# namespace and kubelet root dir, see e2e/cluster/README.md), so node N's Warren runs
+# from a copy of the DaemonSet with node N's paths: kubelet dir
+# /var/lib/kubelet-warren-nodeN and state /var/lib/warren-warren-nodeN. Node 1's runs
+# from the manifest as shipped (plus a node selector).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,7 +34,11 @@ VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "
 IMAGE_TAR="${WARREN_E2E_IMAGE:-$REPO/deploy/image/out/warren-$VERSION-amd64.oci.tar}"
 SIDECAR_IMAGES="${WARREN_E2E_SIDECARS:-/var/cache/warren-e2e/sidecars}/images.txt"
 SNAPSHOT_CRDS_MODULE=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.7.0
-NODE1="$(node_name 1)" NODE2="$(node_name 2)"
+NODE1="$(node_name 1)" NODE2="$(node_name 2)" NODE3="$(node_name 3)"
+((NODES >= 2)) || die "the e2e suite needs at least 2 nodes (WARREN_E2E_NODES=$NODES)"
+# Every node of the cluster, node 1 first.
+ALL_NODES=()
+for n in $(seq "$NODES"); do ALL_NODES+=("$(node_name "$n")"); done
 MODES="${WARREN_E2E_MODES:-edge standard}"
 T0=$SECONDS
 
@@ -44,9 +49,10 @@ warren_storage_root() { echo "$(warren_state_dir "$1")/storage"; }
 # remove_warren_state: loop devices over the volumes of an earlier run, then the state
 # directories. Refuses a state directory this suite did not create.
 remove_warren_state() {
-  local node dir dev
-  for node in "$NODE1" "$NODE2"; do
-    dir="$(warren_state_dir "$node")"
+  local n dir dev
+  # Every node a run may have had, whatever WARREN_E2E_NODES says now.
+  for n in $(seq "$MAX_NODES"); do
+    dir="$(warren_state_dir "$(node_name "$n")")"
     [[ -e $dir ]] || continue
     if [[ ! -e $dir/.warren-e2e ]] && [[ -n "$(ls -A "$dir" 2>/dev/null)" ]]; then
       die "$dir exists and was not made by the e2e suite: move it away first"
@@ -60,10 +66,10 @@ remove_warren_state() {
 }
 
 make_state_dirs() {
-  local n
-  for n in 1 2; do
-    mkdir -p "$(warren_state_dir "$(node_name "$n")")"
-    touch "$(warren_state_dir "$(node_name "$n")")/.warren-e2e"
+  local node
+  for node in "${ALL_NODES[@]}"; do
+    mkdir -p "$(warren_state_dir "$node")"
+    touch "$(warren_state_dir "$node")/.warren-e2e"
   done
 }
 
@@ -98,7 +104,7 @@ bash "$HERE/cluster/up.sh" "$W" || die "the cluster did not come up (logs: $W/lo
 # shellcheck disable=SC1091
 source "$W/env"
 make_state_dirs
-for n in 1 2; do
+for n in $(seq "$NODES"); do
   for tar in "$IMAGE_TAR" $([[ $MODES != *standard* ]] || awk '{print $2}' "$SIDECAR_IMAGES"); do
     ctr --address "$(node_cri_sock "$n")" -n k8s.io images import "$tar" >/dev/null ||
       die "importing $tar into node $n's containerd failed"
@@ -117,35 +123,42 @@ csinode_has_warren() {
 }
 
 # deploy MODE: Warren from deploy/manifests/MODE.yaml (node DaemonSet split per node, see
-# node2-daemonset.py), and waits until both nodes have registered it with their kubelet.
+# node-daemonsets.py), and waits until every node has registered it with its kubelet.
 deploy() {
   local mode="$1" objects="$W/warren-$1.json" manifest="$REPO/deploy/manifests/$1.yaml"
   if [[ $mode == standard ]]; then
     standard_manifest # sets STANDARD_MANIFEST, and NO_RESIZER when there is no resizer
     manifest="$STANDARD_MANIFEST"
   fi
+  local n others=()
+  for n in $(seq 2 "$NODES"); do
+    others+=("node$n:$(node_name "$n"):$(node_rootdir "$n"):$(warren_state_dir "$(node_name "$n")")")
+  done
   k apply --dry-run=client -o json -f "$manifest" |
-    python3 "$HERE/node2-daemonset.py" "$NODE1" "$NODE2" "$(node_rootdir 2)" "$(warren_state_dir "$NODE2")" \
+    python3 "$HERE/node-daemonsets.py" "$NODE1" "${others[@]}" \
       >"$objects" || die "transforming the $mode manifests failed"
   k apply -f "$objects" >/dev/null || die "applying the $mode manifests failed"
-  local rollouts=(ds/warren ds/warren-node2)
+  local rollouts=(ds/warren) node
+  for n in $(seq 2 "$NODES"); do rollouts+=("ds/warren-node$n"); done
   if [[ $mode == standard ]]; then
     # What the install notes ask of the user: the agent token the controller and nodes share.
     k -n warren-system create secret generic warren-agent-token \
       --from-literal=token="$(head -c 32 /dev/urandom | base64 | tr -d '/+=')" >/dev/null
     # The cluster's snapshot controller (an add-on in a standard cluster, not Warren's).
     sed "s|@IMAGE@|$(sidecar_image snapshot-controller)|" "$HERE/snapshot-controller.yaml" | k apply -f - >/dev/null
-    rollouts=(ds/warren-node ds/warren-node-node2 deploy/warren-controller)
+    rollouts=(ds/warren-node deploy/warren-controller)
+    for n in $(seq 2 "$NODES"); do rollouts+=("ds/warren-node-node$n"); done
   fi
   (
     set -e
     for r in "${rollouts[@]}"; do k -n warren-system rollout status "$r" --timeout=180s; done
-    wait_until "node $NODE1 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE1"
-    wait_until "node $NODE2 registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$NODE2"
+    for node in "${ALL_NODES[@]}"; do
+      wait_until "node $node registers warren.csi.dev (CSINode)" 60 csinode_has_warren "$node"
+    done
   ) || {
     k -n warren-system get pods -o wide
     for p in $(k -n warren-system get pods -o name); do k -n warren-system logs "$p" --all-containers --tail=40; done
-    die "Warren ($mode mode) did not start on both nodes"
+    die "Warren ($mode mode) did not start on every node"
   }
 }
 
@@ -221,7 +234,7 @@ LOOPS_BEFORE="$(losetup -nO NAME,BACK-FILE)"
 for MODE in $MODES; do
   log "deploying the $MODE mode (deploy/manifests/$MODE.yaml)"
   deploy "$MODE"
-  log "Warren ($MODE mode) is registered on both nodes ($((SECONDS - T0)) s since start)"
+  log "Warren ($MODE mode) is registered on all $NODES nodes ($((SECONDS - T0)) s since start)"
   k create namespace "$NS" >/dev/null
   # Classes beyond the chart's default warren-local (ext4 image, Delete, WaitForFirstConsumer).
   k apply -f "$HERE/classes.yaml" >/dev/null

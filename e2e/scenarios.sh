@@ -13,7 +13,8 @@ SCENARIOS=(
   "a clone of a claim|s_clone"
   "xfs: a clone and a restored snapshot mount beside their running source (issue 20)|s_xfs_copies_beside_source"
   "a VolumeSnapshot deleted after its claim goes with its content and data (issue 20)|s_snapshot_outlives_claim"
-  "replicated (2 replicas): on both nodes, a pod moved to the other node reads every byte|s_replicated_move"
+  "replicated (2 replicas): a pod on another node reads every byte; delete leaves no replica|s_replicated_move"
+  "replicated: a replica node's Warren killed (kill -9) mid-write: no I/O error, incremental rebuild, replicas identical|s_replicated_replica_killed"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
   "Warren killed (kill -9) while a volume is in use|s_node_restart"
@@ -205,33 +206,130 @@ replica_dir() {
   return 0
 }
 
+# replica_nodes HANDLE: the nodes holding a replica of HANDLE, one per line.
+replica_nodes() {
+  local node
+  for node in "${ALL_NODES[@]}"; do
+    [[ ! -f "$(replica_dir "$1" "$node")/meta.json" ]] || echo "$node"
+  done
+}
+
+# a node of the cluster not in the list given (first found), else the last argument's
+# fallback: not_in FALLBACK NODE...
+not_in() {
+  local fallback="$1" node; shift
+  for node in "${ALL_NODES[@]}"; do
+    [[ " $* " == *" $node "* ]] || { echo "$node"; return; }
+  done
+  echo "$fallback"
+}
+
 s_replicated_move() {
   pvc rep1 256Mi warren-replicated
   # 32 MiB of random data and its checksum, written on node 1, synced.
   run_pod repw "$NODE1" rep1 \
     "head -c 33554432 /dev/urandom >/data/blob && sha256sum /data/blob | cut -d' ' -f1 >/data/blob.sum && sync && cat /data/blob.sum" \
     >"$W/rep1.sum"
-  local pv handle sum
+  local pv handle sum holders
   pv="$(pv_of rep1)"
   handle="$(k get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')"
   [[ $handle == replicated#* ]] || fail "PV $pv has handle '$handle', want replicated#..."
   [[ -z "$(pv_node "$pv")" ]] || fail "PV $pv is pinned to $(pv_node "$pv"): a replicated volume may be used on any node"
-  [[ -f "$(replica_dir "$handle" "$NODE1")/meta.json" ]] || fail "no replica of $pv on $NODE1"
-  [[ -f "$(replica_dir "$handle" "$NODE2")/meta.json" ]] || fail "no replica of $pv on $NODE2"
+  holders="$(replica_nodes "$handle" | tr '\n' ' ')"
+  (($(wc -w <<<"$holders") == 2)) || fail "replicas of $pv on '$holders', want 2 nodes"
+  # dataLocality (best-effort, the default): one replica on the first pod's node.
+  [[ " $holders " == *" $NODE1 "* ]] || fail "no replica of $pv on the writer's node $NODE1 (replicas on $holders)"
   sum="$(cat "$W/rep1.sum")"
   [[ ${#sum} == 64 ]] || fail "the writer printed '$sum', not a checksum"
   kn delete pod repw --wait=true >/dev/null
-  # The same volume on the other node: every byte, through that node's engine.
-  local got
-  got="$(run_pod repr "$NODE2" rep1 "sha256sum /data/blob | cut -d' ' -f1; cat /data/blob.sum")"
+  # The same volume on a node without a replica when there is one (every byte over the
+  # network, through that node's engine), else on the other replica node.
+  local reader got
+  reader="$(not_in "$NODE2" "$NODE1" $holders)"
+  got="$(run_pod repr "$reader" rep1 "sha256sum /data/blob | cut -d' ' -f1; cat /data/blob.sum")"
   [[ "$(sed -n 1p <<<"$got")" == "$sum" && "$(sed -n 2p <<<"$got")" == "$sum" ]] ||
-    fail "the pod on $NODE2 read checksums '${got//$'\n'/ }', want $sum"
+    fail "the pod on $reader read checksums '${got//$'\n'/ }', want $sum"
   kn delete pod repr --wait=true >/dev/null
   kn delete pvc rep1 --wait=true >/dev/null
   wait_until "PV $pv deleted" 90 gone pv "$pv"
-  no_replicas() { [[ -z "$(replica_dir "$handle" "$NODE1")$(replica_dir "$handle" "$NODE2")" ]]; }
-  wait_until "the replicas of $pv removed from both nodes" 30 no_replicas
-  echo "PV $pv ($handle): replicas on $NODE1 and $NODE2; 32 MiB written on $NODE1 read back on $NODE2 ($sum); deleted from both nodes"
+  no_replicas() { [[ -z "$(replica_nodes "$handle")" ]]; }
+  wait_until "the replicas of $pv removed from every node" 30 no_replicas
+  echo "PV $pv ($handle): replicas on ${holders% }; 32 MiB written on $NODE1 read back on $reader ($sum); deleted everywhere"
+}
+
+# plugin_pod NODE: Warren's node plugin pod on NODE (edge: component edge*, standard: node*).
+plugin_pod() {
+  k -n warren-system get pods -l app.kubernetes.io/name=warren --field-selector "spec.nodeName=$1" \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.labels.app\.kubernetes\.io/component}{"\n"}{end}' |
+    awk '$2 !~ /^controller/ {print $1; exit}'
+}
+plugin_restarts() { k -n warren-system get pod "$(plugin_pod "$1")" -o 'jsonpath={.status.containerStatuses[?(@.name=="warren")].restartCount}'; }
+plugin_ready() { [[ "$(k -n warren-system get pod "$(plugin_pod "$1")" -o 'jsonpath={.status.containerStatuses[?(@.name=="warren")].ready}')" == true ]]; }
+
+# warren_pid_of NODE: the Warren process of NODE (every node's processes are visible from
+# this host; each node's has that node's kubelet dir on its command line).
+warren_pid_of() {
+  local pid root
+  root="$(node_rootdir "${1##*node}")"
+  for pid in $(pgrep -x warren); do
+    if tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- --kubelet-dir | grep -qx "$root"; then
+      echo "$pid"
+      return 0
+    fi
+  done
+  return 1
+}
+
+s_replicated_replica_killed() {
+  local class=warren-replicated replicas=2
+  ((NODES < 3)) || class=warren-replicated-3 replicas=3
+  pvc repk 256Mi "$class"
+  # 40 files of 1 MiB, each fsync'ed, over ~15 s; then their checksums; then it stays up
+  # so that the volume stays staged (its engine running) while the replica is rebuilt.
+  pod repk "$NODE1" repk 'for i in $(seq 40); do
+  dd if=/dev/urandom of=/data/f$i bs=1M count=1 conv=fsync 2>/dev/null || { echo "write $i failed"; exit 1; }
+  sleep 0.3
+done
+sha256sum /data/f* >/data/sums && sync && echo written; sleep 3600'
+  wait_until "pod repk running" 120 pod_running repk
+  local pv handle victim pid restarts
+  pv="$(pv_of repk)"
+  handle="$(k get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')"
+  (($(replica_nodes "$handle" | wc -l) == replicas)) || fail "replicas of $pv on $(replica_nodes "$handle" | tr '\n' ' '), want $replicas"
+  victim="$(replica_nodes "$handle" | grep -vx "$NODE1" | head -1)"
+  sleep 3
+  pid="$(warren_pid_of "$victim")" || fail "no warren process for $victim"
+  restarts="$(plugin_restarts "$victim")"
+  kill -9 "$pid"
+  written() { kn logs repk 2>/dev/null | grep -qx written; }
+  wait_until "the writer to finish" 120 written ||
+    fail "the pod's writes failed after Warren on $victim was killed: $(kn logs repk 2>&1 | tail -3)"
+  [[ "$(pod_phase repk)" == Running ]] || fail "pod repk is $(pod_phase repk): $(kn logs repk 2>&1 | tail -3)"
+  back() { (($(plugin_restarts "$victim") > restarts)) && plugin_ready "$victim"; }
+  wait_until "Warren on $victim restarted and ready" 120 back
+  # The engine (in node 1's Warren) rebuilds the returned replica from what it missed.
+  local key="${handle#replicated#}" line
+  rebuilt() { kn_logs_engine | grep -F "$key" | grep -F "replica=$victim" | grep -q "replica rebuilt"; }
+  kn_logs_engine() { k -n warren-system logs "$(plugin_pod "$NODE1")" -c warren 2>/dev/null; }
+  wait_until "the replica on $victim rebuilt" 120 rebuilt
+  line="$(kn_logs_engine | grep -F "$key" | grep -F "replica=$victim" | grep "replica rebuilt" | tail -1)"
+  [[ $line == *incremental=true* ]] || fail "the rebuild was not incremental: $line"
+  kn delete pod repk --wait=true >/dev/null
+  # Unstaged: the engine closed every replica clean; they must hold the same bytes.
+  local first="" node sum
+  for node in $(replica_nodes "$handle"); do
+    sum="$(sha256sum "$(replica_dir "$handle" "$node")/data" | cut -d' ' -f1)"
+    [[ -z $first || $sum == "$first" ]] || fail "replica on $node differs from the others ($sum vs $first)"
+    first="$sum"
+  done
+  local checked
+  checked="$(run_pod repc "$(replica_nodes "$handle" | tail -1)" repk 'sha256sum -c /data/sums | grep -c ": OK$"')"
+  [[ $checked == 40 ]] || fail "$checked of 40 files read back intact"
+  kn delete pod repc --wait=true >/dev/null
+  kn delete pvc repk --wait=true >/dev/null
+  wait_until "PV $pv deleted" 90 gone pv "$pv"
+  echo "$replicas replicas; Warren on $victim killed (kill -9) mid-write: no I/O error in the pod;" \
+    "rebuilt (${line##*regions=}); replicas byte-identical ($first); 40 files read back"
 }
 
 s_reclaim_delete() {
@@ -277,36 +375,15 @@ s_reclaim_retain() {
   k delete pv "$pv" --wait=false >/dev/null
 }
 
-# warren_pid: the Warren node process of node 1 (every node's processes are visible from
-# this host; node 1's is the one whose kubelet dir is /var/lib/kubelet).
-warren_pid() {
-  local pid
-  for pid in $(pgrep -x warren); do
-    if tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -A1 -x -- --kubelet-dir | grep -qx "$(node_rootdir 1)"; then
-      echo "$pid"
-      return 0
-    fi
-  done
-  return 1
-}
-
-# The node plugin pod of node 1 (edge mode: component edge; standard: component node).
-node1_plugin() {
-  k -n warren-system get pods -l 'app.kubernetes.io/name=warren,app.kubernetes.io/component in (edge,node)' \
-    --field-selector "spec.nodeName=$NODE1" -o "jsonpath={.items[0].status.containerStatuses[?(@.name==\"warren\")].$1}"
-}
-warren_restarts() { node1_plugin restartCount; }
-warren_ready() { [[ "$(node1_plugin ready)" == true ]]; }
-
 s_node_restart() {
   pvc live 1Gi
   pod liver "$NODE1" live "echo $TOKEN >/data/token; sync; sleep 3600"
   wait_until "pod liver running" 120 pod_running liver
   local pid restarts
-  pid="$(warren_pid)" || fail "no warren process for $NODE1"
-  restarts="$(warren_restarts)"
+  pid="$(warren_pid_of "$NODE1")" || fail "no warren process for $NODE1"
+  restarts="$(plugin_restarts "$NODE1")"
   kill -9 "$pid"
-  restarted() { (($(warren_restarts) > restarts)) && warren_ready && csinode_has_warren "$NODE1"; }
+  restarted() { (($(plugin_restarts "$NODE1") > restarts)) && plugin_ready "$NODE1" && csinode_has_warren "$NODE1"; }
   wait_until "Warren on $NODE1 restarted and ready" 120 restarted
   [[ "$(kn exec liver -- cat /data/token)" == "$TOKEN" ]] || fail "the running pod lost its data"
   kn exec liver -- sh -c 'echo after-restart >/data/after && sync' || fail "the running pod cannot write after the restart"
@@ -330,7 +407,7 @@ s_all_gone() {
   # Exactly that one is left on node 1 (when that scenario ran), nothing on node 2.
   local node root left want=""
   [[ -f "$W/retained-volume" ]] && want="$(cat "$W/retained-volume")"
-  for node in "$NODE1" "$NODE2"; do
+  for node in "${ALL_NODES[@]}"; do
     root="$(warren_storage_root "$node")"
     left="$( (find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1
       find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse
@@ -343,7 +420,7 @@ s_all_gone() {
   done
   rm -f "$W/retained-volume"
   local loops
-  loops="$(losetup -nO BACK-FILE | grep -c -e "$(warren_state_dir "$NODE1")/" -e "$(warren_state_dir "$NODE2")/" || true)"
+  loops="$(losetup -nO BACK-FILE | grep -c -e "$(warren_state_dir "$NODE1")/" -e "/var/lib/warren-warren-node" || true)"
   ((loops == 0)) || fail "$loops loop devices still attached to Warren volumes"
   local mounts
   mounts="$(grep -c 'kubernetes.io/csi' /proc/self/mountinfo || true)"

@@ -62,7 +62,8 @@ done
 # ---------------------------------------------------------------------------
 # 2. Mounts: pod volumes and kubelet's self-bind under the kubelet root dirs;
 #    container rootfs (overlay), shm and network namespaces under WORKDIR.
-for n in 1 2; do unmount_under "$(node_rootdir "$n")"; done
+# Every node a run may have had, whatever WARREN_E2E_NODES says now.
+for n in $(seq "$MAX_NODES"); do unmount_under "$(node_rootdir "$n")"; done
 for wd in "${workdirs[@]}"; do unmount_under "$wd"; done
 unmount_under "$RUN_DIR"
 
@@ -76,10 +77,12 @@ done
 
 # ---------------------------------------------------------------------------
 # 4. Network.
-# Node 2 (the only node with its own namespace); deleting the namespace takes
-# its veth end and its CNI bridge along.
-ip netns del "$(node_netns 2)" 2>/dev/null || true
-ip link del wrn-n2-host 2>/dev/null || true
+# Nodes 2.. (each in its own namespace); deleting a namespace takes its veth end
+# and its CNI bridge along.
+for n in $(seq 2 "$MAX_NODES"); do
+  ip netns del "$(node_netns "$n")" 2>/dev/null || true
+  ip link del "wrn-n$n-host" 2>/dev/null || true
+done
 for dev in "$CNI_BRIDGE" "$NODES_BRIDGE" "$SVC_DUMMY"; do
   ip link del "$dev" 2>/dev/null || true
 done
@@ -102,7 +105,7 @@ fi
 
 # ---------------------------------------------------------------------------
 # 5. Files. --one-file-system: never descend into a mount that survived.
-for n in 1 2; do
+for n in $(seq "$MAX_NODES"); do
   root="$(node_rootdir "$n")"
   if [[ -d $root ]]; then rm -rf --one-file-system "${root:?}"; fi
 done

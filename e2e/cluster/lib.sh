@@ -15,9 +15,10 @@
 
 BIN="${WARREN_E2E_BIN:-/var/cache/warren-e2e/bin}"
 
-# How many nodes up.sh starts (1 or 2). Node 1 runs in the host network
-# namespace; node 2 in the network namespace wrn-node2 (see README.md).
-NODES="${WARREN_E2E_NODES:-2}"
+# How many nodes up.sh starts (1 to MAX_NODES). Node 1 runs in the host network
+# namespace; node N > 1 in the network namespace wrn-nodeN (see README.md).
+MAX_NODES=3
+NODES="${WARREN_E2E_NODES:-$MAX_NODES}"
 
 # --- network (every address below exists only on this machine) ---
 NODES_BRIDGE=wrn-nodes          # host bridge linking the node network namespaces

@@ -2,8 +2,8 @@
 # up.sh WORKDIR: starts a real Kubernetes cluster on this machine, as plain host
 # processes: kine (etcd API over SQLite) -> kube-apiserver ->
 # kube-controller-manager + kube-scheduler, and per node containerd (CRI) ->
-# kubelet -> kube-proxy. Node 1 runs in the host network namespace, node 2
-# (WARREN_E2E_NODES=2, the default) in its own network namespace.
+# kubelet -> kube-proxy. Node 1 runs in the host network namespace, nodes 2 and
+# 3 (WARREN_E2E_NODES=3, the default) each in its own network namespace.
 #
 # It first runs down.sh (leftovers of an earlier run, in this WORKDIR or any
 # other, are removed), then waits until every node is Ready and a busybox pod
@@ -19,7 +19,8 @@ source "$HERE/lib.sh"
 
 [[ $# == 1 ]] || { echo "usage: $0 WORKDIR" >&2; exit 2; }
 [[ $EUID == 0 ]] || die "must run as root (mounts, cgroups, network namespaces)"
-[[ $NODES == 1 || $NODES == 2 ]] || die "WARREN_E2E_NODES must be 1 or 2"
+[[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= MAX_NODES)) ||
+  die "WARREN_E2E_NODES must be 1 to $MAX_NODES"
 T0=$SECONDS
 
 # ---------------------------------------------------------------------------
