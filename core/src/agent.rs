@@ -156,6 +156,10 @@ impl AgentService for Agent {
     async fn get_replica(&self, req: Request<Json>) -> Reply {
         reply(self.storage.get_replica(decode(req.get_ref())?).await)
     }
+    async fn expand_replica(&self, req: Request<Json>) -> Reply {
+        let (volume, size): (ReplicatedVolumeId, u64) = decode(req.get_ref())?;
+        reply(self.storage.expand_replica(volume, size).await)
+    }
 }
 
 /// A node's storage reached over the network.
@@ -259,18 +263,14 @@ impl NodeStorage for RemoteNodeStorage {
     async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
         remote_call!(self, get_replica, volume)
     }
+    async fn expand_replica(
+        &self,
+        volume: ReplicatedVolumeId,
+        size_bytes: u64,
+    ) -> Result<ReplicaInfo> {
+        remote_call!(self, expand_replica, (volume, size_bytes))
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_that_does_not_decode_is_internal() {
-        let junk = Json {
-            body: b"{not json".to_vec(),
-        };
-        let err = decode::<VolumeId>(&junk).unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Internal);
-    }
-}
+mod tests;

@@ -154,7 +154,7 @@ pub trait NodeStorage: Send + Sync + 'static {
     /// Creates this node's replica of a replicated volume, or returns it if it exists
     /// with the same size; ALREADY_EXISTS with another size. FAILED_PRECONDITION on a node
     /// that hosts no replica service (the defaults are what such a node answers: only the
-    /// node's replica layer, in warren-node, overrides these three).
+    /// node's replica layer, in warren-node, overrides these four).
     async fn create_replica(&self, spec: ReplicaSpec) -> Result<ReplicaInfo> {
         Err(no_replica_service(&spec.volume))
     }
@@ -162,6 +162,18 @@ pub trait NodeStorage: Send + Sync + 'static {
     /// replica service, every one is). FAILED_PRECONDITION while an engine has it open.
     async fn delete_replica(&self, _volume: ReplicatedVolumeId) -> Result<()> {
         Ok(())
+    }
+    /// Grows this node's replica to `size_bytes` (a multiple of 4096), also while an
+    /// engine has it open (the engine serves the new size once every replica has it and
+    /// it is told). Idempotent; never shrinks: a smaller size is INVALID_ARGUMENT.
+    /// NOT_FOUND if the node holds no replica; FAILED_PRECONDITION on a node that hosts
+    /// no replica service.
+    async fn expand_replica(
+        &self,
+        volume: ReplicatedVolumeId,
+        _size_bytes: u64,
+    ) -> Result<ReplicaInfo> {
+        Err(no_replica_service(&volume))
     }
     /// This node's replica, NOT_FOUND if it holds none.
     async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
