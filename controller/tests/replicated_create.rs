@@ -218,12 +218,15 @@ async fn bad_requests_are_refused_before_any_record_or_node_call() {
             },
         )),
     });
-    cases.push(clone);
     cases.push(replicated_request("", &[]));
     for req in cases {
         let err = c.create(req.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{req:?}: {err:?}");
     }
+    // A source that does not exist is NOT_FOUND, as the spec asks (before the refusal of
+    // copies into replicated volumes), and also touches nothing.
+    let err = c.create(clone).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(c.record_files(), 0);
     for fake in c.fakes.values() {
         assert!(fake.calls().is_empty(), "{:?}", fake.calls());

@@ -327,26 +327,6 @@ async fn capacity_is_what_one_new_volume_can_get() {
 async fn what_replicated_volumes_cannot_do_yet_is_refused_clearly() {
     let c = cluster(&[("n1", 9, true), ("n2", 5, true)]);
     let volume = c.create(replicated_request("pvc-a", &[])).await.unwrap();
-    let expand = |id: String| {
-        c.svc
-            .controller_expand_volume(Request::new(ControllerExpandVolumeRequest {
-                volume_id: id,
-                capacity_range: Some(CapacityRange {
-                    required_bytes: 2 * GIB as i64,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            }))
-    };
-    let err = expand(volume.volume_id.clone()).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(
-        err.message().contains("expansion of replicated volumes"),
-        "{err:?}"
-    );
-    let missing = format!("replicated#{}", Key::random());
-    assert_eq!(expand(missing).await.unwrap_err().code(), Code::NotFound);
-
     let err = c
         .svc
         .create_snapshot(Request::new(CreateSnapshotRequest {

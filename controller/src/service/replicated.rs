@@ -1,4 +1,5 @@
-//! `backend: replicated` in the Controller service: create and delete. A replicated
+//! `backend: replicated` in the Controller service: create and delete (expansion is in
+//! `replicated/expand.rs`). A replicated
 //! volume is one replica on each of N nodes; the controller picks the nodes
 //! (`replica_placement`), records them, then asks each node's replica service for its
 //! replica. The node that later stages the volume starts its engine from the volume
@@ -27,6 +28,7 @@ use crate::replicated_record::{ReplicaLocation, ReplicatedRecord};
 use super::capacity::volume_capacity;
 use super::ControllerService;
 
+mod expand;
 mod fanout;
 mod queries;
 

@@ -317,7 +317,7 @@ impl ControllerService {
             return Ok((self.nfs.expand(&req.volume_id, range).await?, false));
         }
         if ids::is_replicated_volume(&req.volume_id) {
-            return Err(self.refuse_replicated("expansion", &req.volume_id));
+            return self.expand_replicated(&req, range).await;
         }
         let rec = self.ready_volume(&req.volume_id)?;
         let block = match req.volume_capability.as_ref() {

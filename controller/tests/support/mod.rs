@@ -101,7 +101,7 @@ impl FakeNode {
         }
     }
 
-    /// The calls that ask it to change something (create or delete a replica).
+    /// The calls that ask it to change something (create, expand or delete a replica).
     pub fn changes(&self) -> Vec<String> {
         let calls = self.state().calls.clone();
         calls
@@ -276,6 +276,31 @@ impl NodeStorage for FakeNode {
             }
             self.state().replicas.remove(&key);
             Ok(())
+        })
+    }
+    fn expand_replica<'s, 'f>(
+        &'s self,
+        volume: ReplicatedVolumeId,
+        size_bytes: u64,
+    ) -> Fut<'f, ReplicaInfo>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let key = volume.replica_name().to_string();
+            let mode = self.enter(format!("expand {key} {size_bytes}"));
+            down_or_hang(&self.name, mode).await?;
+            let mut state = self.state();
+            let replica = state
+                .replicas
+                .get_mut(&key)
+                .ok_or_else(|| Error::NotFound("no such replica".into()))?;
+            if size_bytes < replica.size_bytes {
+                return Err(Error::InvalidArgument("a replica never shrinks".into()));
+            }
+            replica.size_bytes = size_bytes;
+            Ok(replica.clone())
         })
     }
     fn get_replica<'s, 'f>(&'s self, volume: ReplicatedVolumeId) -> Fut<'f, ReplicaInfo>
