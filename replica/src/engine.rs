@@ -26,9 +26,11 @@ use crate::bitmap::{regions_for, RegionBitmap, REGION_SIZE};
 use crate::client::ReplicaClient;
 use crate::error::{Error, Result};
 use crate::locks::lock;
-use crate::plan::{plan_start, Observation};
+use crate::plan::{plan_start, start_size, Observation};
 use crate::server::ReplicaService;
+use crate::target::BlockTarget;
 
+mod grow;
 mod io;
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct ReplicaAddress {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub volume: String,
+    /// The size the caller knows of (the volume context's: the size at creation). The
+    /// engine serves the size its sources hold, never less than this (`plan::start_size`).
     pub size: u64,
     pub replicas: Vec<ReplicaAddress>,
     /// The replica on this node, read from first.
@@ -101,6 +105,9 @@ pub struct EngineStatus {
 
 pub struct Engine {
     pub(crate) config: EngineConfig,
+    /// The size served: set at start from the sources, raised by `grow_to_replicas`,
+    /// never lowered. Every member holds at least this much.
+    size: AtomicU64,
     /// Read-held by every I/O for its duration; write-held to change generation, so no
     /// I/O of an old generation is in flight when a new one is committed.
     pub(crate) membership: RwLock<Membership>,
@@ -138,7 +145,7 @@ impl Engine {
             config
                 .replicas
                 .iter()
-                .map(|r| open_replica(&config, r, config.create)),
+                .map(|r| open_replica(&config, r, config.size, config.create)),
         )
         .await;
         let mut clients = HashMap::new();
@@ -160,6 +167,7 @@ impl Engine {
             observed.insert(address.replica.clone(), observation);
         }
         let plan = plan_start(&configured, &observed, config.create)?;
+        let size = start_size(config.size, &observed, &plan.sources);
         // Fresh replicas (create) are opened with create=true above; a plan from nothing
         // commits generation 1 on all of them.
         let gen = plan.gen + 1;
@@ -192,9 +200,10 @@ impl Engine {
             }
         }
         let members: Vec<Arc<ReplicaClient>> = members.into_iter().map(|(c, _)| c).collect();
-        tracing::info!(volume = %config.volume, gen, members = ?ids, stale = ?plan.stale, resync = plan.resync, "volume engine started");
+        tracing::info!(volume = %config.volume, gen, size, members = ?ids, stale = ?plan.stale, resync = plan.resync, "volume engine started");
         let engine = Arc::new(Engine {
             config,
+            size: AtomicU64::new(size),
             membership: RwLock::new(Membership {
                 gen,
                 members,
@@ -222,7 +231,7 @@ impl Engine {
     async fn resync(&self) -> Result<()> {
         let membership = self.membership.write().await;
         let primary = self.primary(&membership)?.clone();
-        let regions = regions_for(self.config.size);
+        let regions = regions_for(self.size());
         let union = RegionBitmap::new(regions);
         for member in &membership.members {
             let (_, bytes) = member.bitmap().await?;
@@ -252,7 +261,7 @@ impl Engine {
 
     pub(crate) fn region_span(&self, region: u64) -> (u64, u64) {
         let offset = region * REGION_SIZE;
-        (offset, REGION_SIZE.min(self.config.size - offset))
+        (offset, REGION_SIZE.min(self.size().saturating_sub(offset)))
     }
 
     /// The member reads prefer: the local replica when it is a member, else the first.
@@ -411,10 +420,12 @@ impl Engine {
     }
 }
 
-/// Connects to a replica and opens the volume. `Ok((client, None))`: reachable, no replica.
+/// Connects to a replica and opens the volume, asking for at least `size` bytes.
+/// `Ok((client, None))`: reachable, no replica.
 pub(crate) async fn open_replica(
     config: &EngineConfig,
     address: &ReplicaAddress,
+    size: u64,
     create: bool,
 ) -> Result<(Arc<ReplicaClient>, Option<crate::volume::ReplicaState>)> {
     let client = match &config.in_process {
@@ -431,7 +442,7 @@ pub(crate) async fn open_replica(
             .await?
         }
     };
-    match client.open(&config.volume, config.size, create).await {
+    match client.open(&config.volume, size, create).await {
         Ok(state) if state.gen == 0 && !create => Ok((Arc::new(client), None)),
         Ok(state) => Ok((Arc::new(client), Some(state))),
         Err(Error::NotFound(_)) => Ok((Arc::new(client), None)),

@@ -27,6 +27,7 @@ use crate::engine::{open_replica, Engine, ReplicaAddress};
 use crate::error::{Error, Result};
 use crate::locks::lock;
 use crate::plan::{plan_rebuild, RebuildPlan};
+use crate::target::BlockTarget;
 
 /// Regions copied at once: enough to keep both replicas' disks and the network busy.
 const COPY_PARALLELISM: usize = 4;
@@ -90,12 +91,21 @@ impl RebuildStats {
 /// Rebuilds one replica; see the module comment for the steps.
 pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<RebuildStats> {
     let started = Instant::now();
-    let (target, state) = open_replica(&engine.config, address, true).await?;
+    let (target, state) = open_replica(&engine.config, address, engine.size(), true).await?;
     let state = state.ok_or_else(|| Error::Internal("a created replica has a state".into()))?;
-    let regions = regions_for(engine.config.size);
 
     // Step 1.
     let mut membership = engine.membership.write().await;
+    // Read under the lock: the volume does not grow while it is held.
+    let size = engine.size();
+    if state.size < size {
+        // Opened before the volume grew: it could not hold the new part's writes.
+        return Err(Error::Unavailable(format!(
+            "{} has {} bytes, fewer than the volume's {size}; it rejoins once grown",
+            address.replica, state.size
+        )));
+    }
+    let regions = regions_for(size);
     if membership
         .members
         .iter()

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpenRequest {
     pub volume: String,
+    /// With `create`, the size of a replica made now. Otherwise the least size accepted:
+    /// the replica is opened at its own size (it may have grown), which the reply's
+    /// state carries.
     pub size: u64,
     /// Create an empty replica when there is none.
     pub create: bool,

@@ -123,6 +123,26 @@ pub fn plan_start(
     })
 }
 
+/// The size an engine starts at: the smallest size its sources report (`floor`, the size
+/// it was configured with, when none reports one: a new volume). Every replica was opened
+/// asking for at least `floor`, so the answer is never below it.
+///
+/// Why the smallest is safe: an engine grows only to a size every member holds already
+/// (`Engine::grow_to_replicas`), and a replica joins only when it holds at least the
+/// engine's size, so every source holds every byte any engine ever served. Sources of
+/// different sizes mean an expansion has not reached all of them yet: the volume starts
+/// at what all of them hold and grows once the controller has grown the rest.
+pub fn start_size(floor: u64, observed: &HashMap<String, Observation>, sources: &[String]) -> u64 {
+    sources
+        .iter()
+        .filter_map(|id| match observed.get(id) {
+            Some(Observation::State(state)) => Some(state.size),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(floor)
+}
+
 /// What a rebuild of one replica must copy.
 #[derive(Debug)]
 pub enum RebuildPlan {

@@ -245,12 +245,23 @@ impl ReplicaService {
                 request.size
             )));
         }
+        // Checked here too, not only when the files are opened: a replica already open
+        // would otherwise take any size as "at least".
+        if request.size == 0 || !request.size.is_multiple_of(4096) {
+            return Err(Error::InvalidArgument(format!(
+                "volume size {} must be a positive multiple of 4096",
+                request.size
+            )));
+        }
         let existing = lock(&self.volumes).get(&request.volume).cloned();
+        // An open asks for at least `size` bytes and learns the replica's own size from
+        // the reply: a grown replica is still found by an engine that knows the older
+        // size (see `ReplicaVolume::open`).
         let volume = match existing {
-            Some(volume) if volume.volume.size() == request.size => volume,
+            Some(volume) if volume.volume.size() >= request.size => volume,
             Some(volume) => {
                 return Err(Error::InvalidArgument(format!(
-                    "replica of {} has {} bytes, not {}",
+                    "replica of {} has {} bytes, fewer than {}",
                     request.volume,
                     volume.volume.size(),
                     request.size

@@ -15,7 +15,8 @@ use crate::writeback::EarlyWriteback;
 
 #[async_trait::async_trait]
 pub trait BlockTarget: Send + Sync + 'static {
-    /// Size in bytes; fixed while the target is open.
+    /// Size in bytes. It may grow while the target is open (an engine whose replicas
+    /// were grown), never shrink; a frontend is told by its owner when it did.
     fn size(&self) -> u64;
     /// Reads `len` bytes at `offset`. The range must lie inside the target.
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes>;

@@ -70,7 +70,8 @@ pub struct ReplicaVolume {
     dir: PathBuf,
     data: Arc<File>,
     bitmap_file: File,
-    bitmap: RegionBitmap,
+    /// Replaced whole (under the state's write lock) only when the volume grows.
+    bitmap: RwLock<RegionBitmap>,
     /// Held shared by I/O across its generation check and the I/O itself, exclusively by
     /// generation changes: no I/O of an old generation lands after a new one is accepted.
     state: RwLock<ReplicaState>,
@@ -96,8 +97,10 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl ReplicaVolume {
-    /// Opens the replica of `volume` under `root`, creating an empty one when `create`.
-    /// An existing replica must have the size asked for.
+    /// Opens the replica of `volume` under `root`, creating an empty one of `size` bytes
+    /// when `create`. An existing replica is opened at its own size, which must be at
+    /// least `size`: a volume grows (`grow`) but never shrinks, so a caller that knows an
+    /// older size still finds it, and one that expects more than is there is refused.
     pub fn open(root: &Path, replica: &str, volume: &str, size: u64, create: bool) -> Result<Self> {
         crate::names::check_volume(volume)?;
         if size == 0 || !size.is_multiple_of(4096) {
@@ -112,9 +115,9 @@ impl ReplicaVolume {
                 let state: ReplicaState = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Internal(format!("{} is damaged: {e}", meta_path.display()))
                 })?;
-                if state.size != size {
+                if state.size < size {
                     return Err(Error::InvalidArgument(format!(
-                        "replica of {volume} has {} bytes, not {size}",
+                        "replica of {volume} has {} bytes, fewer than {size}",
                         state.size
                     )));
                 }
@@ -143,14 +146,14 @@ impl ReplicaVolume {
             .open(&bitmap_path)
             .map_err(io_err("open", &bitmap_path))?;
         let raw = std::fs::read(&bitmap_path).map_err(io_err("read", &bitmap_path))?;
-        let bitmap = RegionBitmap::from_bytes(regions_for(size), &raw);
+        let bitmap = RegionBitmap::from_bytes(regions_for(state.size), &raw);
         let data = Arc::new(data);
         Ok(Self {
             dir,
             writeback: EarlyWriteback::new(&data),
             data,
             bitmap_file,
-            bitmap,
+            bitmap: RwLock::new(bitmap),
             state: RwLock::new(state),
             bitmap_write: Mutex::new(()),
             nowait_writes: AtomicBool::new(true),
@@ -271,7 +274,7 @@ impl ReplicaVolume {
         next.since = gen;
         self.save(&next)?; // raise `since` first (see the module comment)
         *state = next;
-        self.bitmap.clear_all();
+        read(&self.bitmap).clear_all();
         self.write_bitmap()
     }
 
@@ -305,40 +308,41 @@ impl ReplicaVolume {
     /// durable bit.
     fn mark(&self, offset: u64, len: u64) -> Result<()> {
         let regions = regions_of(offset, len);
-        if regions.clone().all(|r| self.bitmap.test(r)) {
+        let bitmap = read(&self.bitmap);
+        if regions.clone().all(|r| bitmap.test(r)) {
             return Ok(());
         }
         let _guard = lock(&self.bitmap_write);
-        if regions.clone().all(|r| self.bitmap.test(r)) {
+        if regions.clone().all(|r| bitmap.test(r)) {
             return Ok(()); // another writer made them durable while we waited
         }
         // A write that continues a marked region into unmarked ones is most likely part of
         // a sequential stream: the regions ahead of it are marked with it, in the same
         // sync, so the stream waits for one bitmap sync per MARK_AHEAD regions instead of
         // one per region. Marking more than was written only makes a resync copy more.
-        let ahead = if regions.start > 0 && self.bitmap.test(regions.start - 1) {
+        let ahead = if regions.start > 0 && bitmap.test(regions.start - 1) {
             MARK_AHEAD
         } else {
             0
         };
-        let end = (regions.end + ahead).min(self.bitmap.regions());
-        let fresh: Vec<u64> = (regions.start..end)
-            .filter(|&r| !self.bitmap.test(r))
-            .collect();
-        let mut bytes = self.bitmap.to_bytes();
+        let end = (regions.end + ahead).min(bitmap.regions());
+        let fresh: Vec<u64> = (regions.start..end).filter(|&r| !bitmap.test(r)).collect();
+        let mut bytes = bitmap.to_bytes();
         for &r in &fresh {
             bytes[(r / 8) as usize] |= 1 << (r % 8);
         }
         self.write_bitmap_bytes(&bytes)?;
         for r in fresh {
-            self.bitmap.set(r);
+            bitmap.set(r);
         }
         Ok(())
     }
 
     fn write_bitmap(&self) -> Result<()> {
+        // The same order as `mark`: the bitmap, then the file's lock.
+        let bitmap = read(&self.bitmap);
         let _guard = lock(&self.bitmap_write);
-        self.write_bitmap_bytes(&self.bitmap.to_bytes())
+        self.write_bitmap_bytes(&bitmap.to_bytes())
     }
 
     fn write_bitmap_bytes(&self, bytes: &[u8]) -> Result<()> {
@@ -351,7 +355,7 @@ impl ReplicaVolume {
 
     pub fn bitmap(&self) -> (u64, Vec<u8>) {
         let state = read(&self.state);
-        (state.since, self.bitmap.to_bytes())
+        (state.since, read(&self.bitmap).to_bytes())
     }
 
     pub fn read(&self, gen: u64, offset: u64, len: usize) -> Result<Bytes> {
@@ -391,9 +395,10 @@ impl ReplicaVolume {
         {
             return Some(Err(e));
         }
-        if !self.nowait_writes.load(Ordering::Relaxed)
-            || regions_of(offset, data.len() as u64).any(|r| !self.bitmap.test(r))
-        {
+        if !self.nowait_writes.load(Ordering::Relaxed) || {
+            let bitmap = read(&self.bitmap);
+            regions_of(offset, data.len() as u64).any(|r| !bitmap.test(r))
+        } {
             return None;
         }
         match crate::nowait::write(&self.data, offset, data) {
@@ -439,142 +444,7 @@ impl ReplicaVolume {
     }
 }
 
+mod grow;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    fn open(root: &Path, create: bool) -> Result<ReplicaVolume> {
-        ReplicaVolume::open(root, "a", "vol1", 8 * MIB, create)
-    }
-
-    #[test]
-    fn generations_fence_io_and_only_move_forward() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(open(dir.path(), false), Err(Error::NotFound(_))));
-        let v = open(dir.path(), true).unwrap();
-        // Generation 0 takes no I/O at all.
-        assert!(matches!(v.write(0, 0, b"x", false), Err(Error::Fenced(_))));
-        let members = vec!["a".to_string(), "b".to_string()];
-        v.commit(0, 1, members.clone()).unwrap();
-        assert!(v.state().in_sync());
-        v.write(1, 4096, b"hello", false).unwrap();
-        assert_eq!(&v.read(1, 4096, 5).unwrap()[..], b"hello");
-        // Wrong expectation, or going backwards: refused, nothing changes.
-        assert!(matches!(
-            v.commit(0, 2, members.clone()),
-            Err(Error::Fenced(_))
-        ));
-        assert!(matches!(v.commit(1, 1, vec![]), Err(Error::Fenced(_))));
-        // Cut out of generation 2: old-generation I/O is refused from then on.
-        v.commit(1, 2, vec!["b".into()]).unwrap();
-        assert!(!v.state().in_sync());
-        assert_eq!(v.state().synced_gen, 1);
-        assert!(matches!(v.write(1, 0, b"x", false), Err(Error::Fenced(_))));
-        assert!(matches!(v.read(1, 0, 1), Err(Error::Fenced(_))));
-        // The state survives a reopen.
-        drop(v);
-        let v = open(dir.path(), false).unwrap();
-        assert_eq!(v.state().gen, 2);
-        assert_eq!(v.state().members, vec!["b".to_string()]);
-    }
-
-    #[test]
-    fn writes_are_marked_durably_and_checkpoint_forgets_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = open(dir.path(), true).unwrap();
-        v.commit(0, 1, vec!["a".into()]).unwrap();
-        v.write(1, 3 * MIB - 1, b"ab", false).unwrap(); // spans regions 2 and 3
-        v.discard(1, 6 * MIB, 4096).unwrap();
-        drop(v);
-        let v = open(dir.path(), false).unwrap();
-        let (since, bytes) = v.bitmap();
-        assert_eq!(since, 0);
-        let marked: Vec<u64> = RegionBitmap::from_bytes(8, &bytes).iter().collect();
-        assert_eq!(marked, vec![2, 3, 6]);
-        v.checkpoint(1).unwrap();
-        let (since, bytes) = v.bitmap();
-        assert_eq!((since, RegionBitmap::from_bytes(8, &bytes).count()), (1, 0));
-    }
-
-    #[test]
-    fn a_write_continuing_a_marked_region_marks_ahead_durably() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = ReplicaVolume::open(dir.path(), "a", "vol1", 32 * MIB, true).unwrap();
-        v.commit(0, 1, vec!["a".into()]).unwrap();
-        let marked = |v: &ReplicaVolume| -> Vec<u64> {
-            RegionBitmap::from_bytes(32, &v.bitmap().1).iter().collect()
-        };
-        // A lone write marks only its own region.
-        v.write(1, 20 * MIB, b"x", false).unwrap();
-        assert_eq!(marked(&v), vec![20]);
-        // One that runs on from a marked region marks MARK_AHEAD more with it...
-        v.write(1, 21 * MIB, b"x", false).unwrap();
-        assert_eq!(marked(&v), (20..22 + MARK_AHEAD).collect::<Vec<_>>());
-        // ...never past the end of the volume.
-        v.write(1, (22 + MARK_AHEAD) * MIB, b"x", false).unwrap();
-        assert_eq!(marked(&v), (20..32).collect::<Vec<_>>());
-        drop(v);
-        let v = ReplicaVolume::open(dir.path(), "a", "vol1", 32 * MIB, false).unwrap();
-        assert_eq!(marked(&v), (20..32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn a_rebuilding_replica_takes_writes_but_is_not_in_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = open(dir.path(), true).unwrap();
-        v.begin_rebuild(0, 5, vec!["b".into()]).unwrap();
-        v.write(5, 0, b"x", false).unwrap();
-        assert!(!v.state().in_sync());
-        assert!(v.checkpoint(5).is_err());
-        v.commit(5, 6, vec!["a".into(), "b".into()]).unwrap();
-        assert!(v.state().in_sync());
-        assert!(!v.state().rebuilding);
-        assert_eq!(v.state().synced_gen, 6);
-    }
-
-    #[test]
-    fn nonblocking_fast_paths_agree_with_the_blocking_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = open(dir.path(), true).unwrap();
-        v.commit(0, 1, vec!["a".into()]).unwrap();
-        // A region never written is not marked yet: the fast path declines.
-        assert!(v.try_write_nowait(1, 0, b"fast").is_none());
-        v.write(1, 0, b"slow", false).unwrap();
-        // Marked now; the page cache takes it (or the fast path declines, never lies).
-        if let Some(result) = v.try_write_nowait(1, 0, b"fast") {
-            result.unwrap();
-            assert_eq!(&v.read(1, 0, 4).unwrap()[..], b"fast");
-        }
-        if let Some(result) = v.try_read_nowait(1, 0, 4) {
-            assert_eq!(result.unwrap(), v.read(1, 0, 4).unwrap());
-        }
-        // Fencing and bounds are enforced on the fast path too.
-        assert!(matches!(
-            v.try_write_nowait(7, 0, b"x"),
-            Some(Err(Error::Fenced(_)))
-        ));
-        assert!(matches!(
-            v.try_read_nowait(7, 0, 1),
-            Some(Err(Error::Fenced(_)))
-        ));
-        assert!(matches!(
-            v.try_read_nowait(1, 8 * MIB, 1),
-            Some(Err(Error::OutOfRange { .. }))
-        ));
-    }
-
-    #[test]
-    fn bounds_and_sizes() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(ReplicaVolume::open(dir.path(), "a", "v", 1000, true).is_err());
-        assert!(ReplicaVolume::open(dir.path(), "a", "../x", 4096, true).is_err());
-        let v = open(dir.path(), true).unwrap();
-        v.commit(0, 1, vec!["a".into()]).unwrap();
-        assert!(v.write(1, 8 * MIB - 1, b"ab", false).is_err());
-        assert!(v.read(1, u64::MAX, 1).is_err());
-        drop(v);
-        assert!(ReplicaVolume::open(dir.path(), "a", "vol1", 4 * MIB, false).is_err());
-    }
-}
+mod tests;

@@ -96,7 +96,7 @@ impl Engine {
     }
 
     async fn write_all(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
-        check_range(self.config.size, offset, data.len() as u64)?;
+        check_range(self.size(), offset, data.len() as u64)?;
         *lock(&self.last_write) = Instant::now();
         self.written.store(true, Ordering::Release);
         let mut done = 0;
@@ -199,11 +199,11 @@ impl Change {
 #[async_trait::async_trait]
 impl BlockTarget for Engine {
     fn size(&self) -> u64 {
-        self.config.size
+        self.size.load(Ordering::Acquire)
     }
 
     async fn read(&self, offset: u64, len: usize) -> Result<Bytes> {
-        check_range(self.config.size, offset, len as u64)?;
+        check_range(self.size(), offset, len as u64)?;
         if len <= MAX_IO {
             return self.read_chunk(offset, len).await;
         }
@@ -226,7 +226,7 @@ impl BlockTarget for Engine {
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(self.config.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         *lock(&self.last_write) = Instant::now();
         self.written.store(true, Ordering::Release);
         let mut done = 0;

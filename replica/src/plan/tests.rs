@@ -164,3 +164,25 @@ fn rebuild_is_incremental_only_when_the_history_reaches_back() {
         RebuildPlan::Full
     ));
 }
+
+#[test]
+fn an_engine_starts_at_the_smallest_size_of_its_sources() {
+    let sized = |id: &str, size: u64| {
+        let mut s = state(id, 3, &["a", "b"]);
+        s.size = size;
+        State(s)
+    };
+    // Grown on both since the volume context was written: the replicas' size wins.
+    let both = observe(vec![("a", sized("a", 8 << 20)), ("b", sized("b", 8 << 20))]);
+    assert_eq!(start_size(1 << 20, &both, &ids(&["a", "b"])), 8 << 20);
+    // An expansion that reached only one: what both hold, never more.
+    let half = observe(vec![("a", sized("a", 8 << 20)), ("b", sized("b", 4 << 20))]);
+    assert_eq!(start_size(1 << 20, &half, &ids(&["a", "b"])), 4 << 20);
+    // A stale replica's size does not count: it is not a source.
+    assert_eq!(start_size(1 << 20, &half, &ids(&["a"])), 8 << 20);
+    // Nothing reported (a new volume): the configured size.
+    assert_eq!(
+        start_size(1 << 20, &observe(vec![("a", Missing)]), &ids(&["a"])),
+        1 << 20
+    );
+}

@@ -1,4 +1,4 @@
-//! Making and removing the replicas a service keeps, for the node that hosts it (the
+//! Making, growing and removing the replicas a service keeps, for the node that hosts it (the
 //! controller asks through the node's storage interface; engines never call these).
 //!
 //! Both go through the service's table of open volumes, so a replica is never held by two
@@ -178,6 +178,49 @@ impl ReplicaService {
         .await?;
         tracing::info!(volume, "replica removed");
         Ok(())
+    }
+
+    /// Grows this service's replica of `volume` to `size` bytes (see `ReplicaVolume::grow`:
+    /// idempotent, crash-safe, never shrinks). Allowed while an engine has the volume open:
+    /// the engine goes on serving its old size until it is told to grow
+    /// (`Engine::grow_to_replicas`), and never serves more than every member holds.
+    /// NOT_FOUND when this service keeps no replica of `volume`.
+    pub async fn grow_replica(&self, volume: &str, size: u64) -> Result<ReplicaState> {
+        crate::names::check_volume(volume)?;
+        if size == 0 || !size.is_multiple_of(4096) || size > MAX_VOLUME_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "volume size {size} must be a positive multiple of 4096 up to {MAX_VOLUME_SIZE}"
+            )));
+        }
+        let existing = lock(&self.volumes).get(volume).cloned();
+        let open = match existing {
+            Some(open) => open,
+            None => {
+                let (root, replica, name) =
+                    (self.root.clone(), self.replica.clone(), volume.to_string());
+                let opened = blocking(move || {
+                    let Some(state) = read_state(&root.join(&name))? else {
+                        return Err(Error::NotFound(format!(
+                            "no replica of {name} on {replica}"
+                        )));
+                    };
+                    ReplicaVolume::open(&root, &replica, &name, state.size, false)
+                })
+                .await?;
+                // Into the table, as `create_replica` does: an engine's `Open` must find
+                // this same replica, never a second copy of its files.
+                lock(&self.volumes)
+                    .entry(volume.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(OpenVolume {
+                            volume: opened,
+                            session: AtomicU64::new(0),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        blocking(move || open.volume.grow(size)).await
     }
 
     /// This service's replica of `volume` as it is now; `None` when it keeps none.

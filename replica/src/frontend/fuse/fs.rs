@@ -18,8 +18,9 @@ use fuser::{
 use crate::target::BlockTarget;
 
 const ROOT_INO: INodeNo = INodeNo::ROOT;
-const FILE_INO: INodeNo = INodeNo(2);
-/// Nothing about the two inodes ever changes behind the kernel's back.
+pub(super) const FILE_INO: INodeNo = INodeNo(2);
+/// Nothing about the two inodes changes behind the kernel's back: the one change there
+/// is, the file growing with its target, is announced (`SizeRefresh::run`).
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) struct WarrenFs {

@@ -20,10 +20,11 @@
 //! may unmount whatever is mounted on the path by then, which we must never do.
 //!
 //! Semantics:
-//! - the file's size is `target.size()` and never changes: truncate, size-changing setattr,
-//!   writes past the end and growing fallocate are refused (EFBIG when growing, EPERM when
-//!   shrinking); a write that straddles the end is short, like a file at its size limit;
-//!   reads past the end are short or empty, as for any file;
+//! - the file's size is `target.size()`: truncate, size-changing setattr, writes past the
+//!   end and growing fallocate are refused (EFBIG when growing, EPERM when shrinking); a
+//!   write that straddles the end is short, like a file at its size limit; reads past the
+//!   end are short or empty, as for any file. When the target grows (an expanded volume),
+//!   `FuseVolume::size_refresh` makes the kernel read the new size;
 //! - a write whose file/iocb flags carry O_DSYNC (O_SYNC includes it; the kernel also sets
 //!   it for RWF_DSYNC/FUA-like writes) → `write(fua = true)`;
 //! - fsync/fdatasync and close (FUSE flush) → `target.flush()`, skipped when no write
@@ -50,7 +51,7 @@ use crate::target::BlockTarget;
 
 mod fs;
 
-use fs::WarrenFs;
+use fs::{WarrenFs, FILE_INO};
 
 /// The kernel caps a FUSE request at `fs.fuse.max_pages_limit` pages (256 = 1 MiB by
 /// default); larger values are clamped by the kernel.
@@ -220,6 +221,21 @@ impl FuseVolume {
         &self.mountpoint
     }
 
+    /// What makes the kernel see the target's size again after it grew: owned, so the
+    /// (blocking) work runs off the runtime without holding this volume.
+    pub fn size_refresh(&self) -> Result<SizeRefresh> {
+        let Some(session) = &self.session else {
+            return Err(Error::Unavailable(format!(
+                "{} is not mounted",
+                self.mountpoint.display()
+            )));
+        };
+        Ok(SizeRefresh {
+            notifier: session.notifier(),
+            file: self.file.clone(),
+        })
+    }
+
     /// Unmounts and waits for the session threads to end. Fails with `Busy`, leaving the
     /// volume mounted and serving, while the file is open (a loop device is attached).
     pub fn unmount(&mut self) -> Result<()> {
@@ -258,6 +274,37 @@ impl FuseVolume {
             }
         }
         nix::mount::umount2(&self.mountpoint, flags)
+    }
+}
+
+/// Makes the kernel see a grown target's size (`FuseVolume::size_refresh`).
+#[derive(Clone)]
+pub struct SizeRefresh {
+    notifier: fuser::Notifier,
+    file: PathBuf,
+}
+
+impl SizeRefresh {
+    /// Returns the size the kernel now has for the file. The kernel caches the file's
+    /// attributes (for a day: nothing else changes them), and a loop device on the file
+    /// takes its size from that cache on `LOOP_SET_CAPACITY`; so the cached attributes
+    /// are dropped (a FUSE inode invalidation of the attributes only: no cached data is
+    /// touched) and the file is stat'ed, which reads them from `target.size()`. Blocking.
+    pub fn run(&self) -> Result<u64> {
+        match self.notifier.inval_inode(FILE_INO, -1, 0) {
+            Ok(()) => {}
+            // The kernel has not looked the file up yet, so it caches nothing of it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "invalidate the attributes of {}",
+                    self.file.display()
+                ))(e))
+            }
+        }
+        let meta = std::fs::metadata(&self.file)
+            .map_err(Error::io(format!("stat {}", self.file.display())))?;
+        Ok(meta.len())
     }
 }
 

@@ -185,3 +185,97 @@ async fn the_first_engine_finds_created_replicas_in_sync_and_clean() {
         assert!(state.clean && state.in_sync(), "{name}: {state:?}");
     }
 }
+
+#[tokio::test]
+async fn grow_replica_is_idempotent_refuses_shrinking_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let svc = service(dir.path(), "a");
+        let _ = svc.create_replica("vol", 8 * MIB, ab()).await.unwrap();
+    }
+    let svc = service(dir.path(), "a"); // a restart: the replica is not open
+    let grown = svc.grow_replica("vol", 16 * MIB).await.unwrap();
+    assert_eq!(
+        (grown.size, grown.gen, grown.members.clone()),
+        (16 * MIB, 1, ab())
+    );
+    assert_eq!(svc.grow_replica("vol", 16 * MIB).await.unwrap(), grown);
+    assert_eq!(svc.replica_state("vol").await.unwrap(), Some(grown.clone()));
+    for (volume, size) in [
+        ("vol", 8 * MIB), // smaller: never shrinks
+        ("vol", 0),
+        ("vol", 16 * MIB + 512),
+        ("vol", MAX_VOLUME_SIZE + 4096),
+        ("../x", 16 * MIB),
+    ] {
+        let err = svc.grow_replica(volume, size).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(_)),
+            "{volume} {size}: {err}"
+        );
+    }
+    assert!(matches!(
+        svc.grow_replica("missing", 16 * MIB).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(!dir.path().join("missing").exists());
+    // On disk: a later service sees the grown replica.
+    drop(svc);
+    let svc = service(dir.path(), "a");
+    assert_eq!(svc.replica_state("vol").await.unwrap(), Some(grown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_volume_grows_once_every_replica_has_and_a_later_engine_starts_grown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        service(&dir.path().join("a"), "a"),
+        service(&dir.path().join("b"), "b"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let served = tokio::spawn(b.clone().serve(listener));
+    for svc in [&a, &b] {
+        let _ = svc.create_replica("vol", 8 * MIB, ab()).await.unwrap();
+    }
+    let replicas = vec![
+        ReplicaAddress {
+            replica: "a".into(),
+            address: "unused: in process".into(),
+        },
+        ReplicaAddress {
+            replica: "b".into(),
+            address,
+        },
+    ];
+    // The volume context keeps the size at creation: 8 MiB, whatever happens later.
+    let mut config = EngineConfig::new("vol", 8 * MIB, replicas, token());
+    config.local = Some("a".into());
+    config.in_process = Some(a.clone());
+    let engine = Engine::start(config.clone()).await.unwrap();
+    let block = |byte: u8| bytes::Bytes::from(vec![byte; 4096]);
+    engine.write(8 * MIB - 4096, block(1), false).await.unwrap();
+
+    // One replica grown (the other node not reached yet): the engine stays as it is.
+    a.grow_replica("vol", 16 * MIB).await.unwrap();
+    assert_eq!(engine.grow_to_replicas().await.unwrap(), 8 * MIB);
+    assert!(engine.write(8 * MIB, block(2), false).await.is_err());
+    // Both grown, while the engine holds them open: it serves the new end.
+    b.grow_replica("vol", 16 * MIB).await.unwrap();
+    assert_eq!(engine.grow_to_replicas().await.unwrap(), 16 * MIB);
+    assert_eq!(engine.grow_to_replicas().await.unwrap(), 16 * MIB);
+    assert_eq!(engine.size(), 16 * MIB);
+    engine.write(16 * MIB - 4096, block(3), true).await.unwrap();
+    assert_eq!(engine.read(8 * MIB - 4096, 4096).await.unwrap(), block(1));
+    assert_eq!(engine.status().await.members, ab(), "nobody was cut out");
+    engine.close().await.unwrap();
+    drop(engine);
+
+    // A later engine, configured from the old context, starts at the replicas' size.
+    let engine = Engine::start(config).await.unwrap();
+    assert_eq!(engine.size(), 16 * MIB);
+    assert_eq!(engine.read(16 * MIB - 4096, 4096).await.unwrap(), block(3));
+    assert_eq!(engine.read(8 * MIB - 4096, 4096).await.unwrap(), block(1));
+    engine.close().await.unwrap();
+    served.abort();
+}
