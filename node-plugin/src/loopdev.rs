@@ -329,13 +329,18 @@ impl BlockDevices for LoopDevices {
     }
 
     fn refresh_size(&self, backing: &Path) -> Result<()> {
-        let Some(path) = self.find(backing)? else {
-            return Ok(());
-        };
-        let dev = open_errno(&path, false)?;
-        ioctl(&dev, LOOP_SET_CAPACITY, 0).map_err(Error::sys("LOOP_SET_CAPACITY", &path))?;
-        Ok(())
+        match self.find(backing)? {
+            Some(path) => set_capacity(&path),
+            None => Ok(()),
+        }
     }
+}
+
+/// Tells the loop device `device` to read its backing file's size again (after it grew).
+pub fn set_capacity(device: &Path) -> Result<()> {
+    let dev = open_errno(device, false)?;
+    ioctl(&dev, LOOP_SET_CAPACITY, 0).map_err(Error::sys("LOOP_SET_CAPACITY", device))?;
+    Ok(())
 }
 
 /// Size in bytes of a block device.

@@ -373,9 +373,10 @@ impl Node for NodeService {
             }
             Target::Local(id) => id,
             Target::Replicated(id) => {
-                return Err(Status::failed_precondition(format!(
-                    "expanding replicated volume {id} is not available yet"
-                )))
+                let bytes = self.replicas()?.expand(&id, path, required_bytes).await?;
+                return Ok(Response::new(NodeExpandVolumeResponse {
+                    capacity_bytes: bytes as i64,
+                }));
             }
         };
         let bytes = self

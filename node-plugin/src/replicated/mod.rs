@@ -1,16 +1,19 @@
 //! Replicated volumes on this node (docs/design.md, "Replicated block volumes"):
 //!
 //! - `host.rs`: the node's replica service, serving the replicas it keeps to every engine;
-//! - `store.rs`: the controller's replica calls (create, delete, get) on that service;
+//! - `store.rs`: the controller's replica calls (create, delete, expand, get) on that
+//!   service;
 //! - `device.rs`: the kernel block device a frontend makes of an engine;
 //! - `running.rs`: the engines of the volumes staged on this node, one per volume;
 //! - `stage.rs`: NodeStage/NodeUnstage (start the engine, attach, format, mount);
 //! - `access.rs`: NodePublish/NodeUnpublish and stats of a staged volume;
+//! - `expand.rs`: NodeExpandVolume (the engine, its device and the file system grow);
 //! - `condition.rs`: a volume's health from its engine's status (a pure function).
 
 mod access;
 mod condition;
 pub mod device;
+mod expand;
 mod host;
 mod running;
 mod stage;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use warren_replica::engine::Engine;
 
-use super::device::Device;
+use super::device::{Device, Resize};
+use crate::error::Result;
 
 pub(super) struct Running {
     pub engine: Arc<Engine>,
@@ -42,6 +43,13 @@ impl RunningVolumes {
             engine: r.engine.clone(),
             replicas: r.replicas.clone(),
         })
+    }
+
+    /// The engine and what resizes its device, for an online expansion.
+    pub fn resizable(&self, volume: &str) -> Option<Result<(Arc<Engine>, Resize)>> {
+        self.table()
+            .get(volume)
+            .map(|r| r.device.resize().map(|resize| (r.engine.clone(), resize)))
     }
 
     pub fn insert(&self, volume: &str, running: Running) {

@@ -129,6 +129,32 @@ impl NodeStorage for ReplicatingStore {
         }
     }
 
+    async fn expand_replica(
+        &self,
+        volume: ReplicatedVolumeId,
+        size_bytes: u64,
+    ) -> Result<ReplicaInfo> {
+        let Some(host) = &self.host else {
+            return self.inner.expand_replica(volume, size_bytes).await;
+        };
+        let name = volume.replica_name().to_string();
+        let _guard = host.lock(&name).await;
+        // Grown in place, also while this node's engine (or another's) has it open: the
+        // engine serves the new size once NodeExpandVolume tells it.
+        let state = host
+            .service()
+            .grow_replica(&name, size_bytes)
+            .await
+            .map_err(|e| match e {
+                warren_replica::Error::NotFound(_) => CoreError::NotFound(format!(
+                    "node {} holds no replica of {volume}",
+                    host.node()
+                )),
+                other => replica_error(other),
+            })?;
+        Ok(replica_info(volume, host, state))
+    }
+
     async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {
         let Some(host) = &self.host else {
             return self.inner.get_replica(volume).await;
