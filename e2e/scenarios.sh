@@ -31,7 +31,7 @@ s_immediate() {
   local pv node
   pv="$(pv_of now1)"
   node="$(pv_node "$pv")"
-  [[ $node == "$NODE1" || $node == "$NODE2" ]] || fail "PV $pv pinned to '$node', want $NODE1 or $NODE2"
+  [[ " ${ALL_NODES[*]} " == *" $node "* && -n $node ]] || fail "PV $pv pinned to '$node', want one of ${ALL_NODES[*]}"
   [[ -n "$(volume_dir "$pv" "$node")" ]] || fail "no volume for $pv in $(warren_storage_root "$node")"
   # The scheduler follows the PV's node affinity.
   [[ "$(run_pod nower "" now1 "echo $TOKEN >/data/token && cat /data/token")" == "$TOKEN" ]] ||
@@ -329,7 +329,7 @@ sha256sum /data/f* >/data/sums && sync && echo written; sleep 3600'
   kn delete pvc repk --wait=true >/dev/null
   wait_until "PV $pv deleted" 90 gone pv "$pv"
   echo "$replicas replicas; Warren on $victim killed (kill -9) mid-write: no I/O error in the pod;" \
-    "rebuilt (${line##*regions=}); replicas byte-identical ($first); 40 files read back"
+    "rebuilt incrementally (regions=${line##*regions=}); replicas byte-identical ($first); 40 files read back"
 }
 
 s_reclaim_delete() {
