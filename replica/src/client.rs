@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
 use crate::locks::lock;
-use crate::messages::{GenerationChange, OpenRequest};
+use crate::messages::{GenerationChange, GrowRequest, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, BodyCrc, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
 };
@@ -293,6 +293,13 @@ impl ReplicaClient {
     }
 
     /// The replica's region bitmap and the generation it covers writes since.
+    /// Grows the open replica to `size` bytes (idempotent; a smaller size is refused).
+    pub async fn grow(&self, size: u64) -> Result<ReplicaState> {
+        self.call(Frame::json(Kind::Grow, 0, &GrowRequest { size })?)
+            .await?
+            .parse_json()
+    }
+
     pub async fn bitmap(&self) -> Result<(u64, Bytes)> {
         let reply = self
             .call(Frame::request(Kind::GetBitmap, 0, Bytes::new()))

@@ -91,20 +91,21 @@ impl RebuildStats {
 /// Rebuilds one replica; see the module comment for the steps.
 pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<RebuildStats> {
     let started = Instant::now();
-    let (target, state) = open_replica(&engine.config, address, engine.size(), true).await?;
+    // At least the size the engine was configured with: a replica that missed a growth
+    // (away while the volume grew) is still found, and grown below.
+    let (target, state) = open_replica(&engine.config, address, engine.config.size, true).await?;
     let state = state.ok_or_else(|| Error::Internal("a created replica has a state".into()))?;
 
     // Step 1.
     let mut membership = engine.membership.write().await;
     // Read under the lock: the volume does not grow while it is held.
     let size = engine.size();
-    if state.size < size {
-        // Opened before the volume grew: it could not hold the new part's writes.
-        return Err(Error::Unavailable(format!(
-            "{} has {} bytes, fewer than the volume's {size}; it rejoins once grown",
-            address.replica, state.size
-        )));
-    }
+    let state = if state.size < size {
+        // It must hold every byte the volume may be written at before it takes writes.
+        target.grow(size).await?
+    } else {
+        state
+    };
     let regions = regions_for(size);
     if membership
         .members

@@ -13,6 +13,12 @@ pub struct OpenRequest {
     pub create: bool,
 }
 
+/// `Grow`: the size the replica grows to (never shrinks; idempotent).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrowRequest {
+    pub size: u64,
+}
+
 /// `Commit` and `BeginRebuild`: compare-and-set of the generation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerationChange {

@@ -44,6 +44,8 @@ pub enum Kind {
     Checkpoint = 14,
     Close = 15,
     GetBitmap = 16,
+    /// Grow the replica (`GrowRequest`): an engine growing its volume on the node's word.
+    Grow = 17,
     Read = 20,
     Write = 21,
     Flush = 22,
@@ -67,6 +69,7 @@ impl Kind {
             14 => Checkpoint,
             15 => Close,
             16 => GetBitmap,
+            17 => Grow,
             20 => Read,
             21 => Write,
             22 => Flush,

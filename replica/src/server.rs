@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::auth::{server_handshake, Token};
 use crate::error::{Error, Result};
 use crate::locks::lock;
-use crate::messages::{GenerationChange, OpenRequest};
+use crate::messages::{GenerationChange, GrowRequest, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, Frame, Kind, Outgoing, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
 };
@@ -381,6 +381,15 @@ fn execute(volume: &ReplicaVolume, frame: Frame) -> Result<Frame> {
         Kind::BeginRebuild => {
             let change: GenerationChange = frame.parse_json()?;
             json(&volume.begin_rebuild(change.expect, change.gen, change.members)?)
+        }
+        Kind::Grow => {
+            let GrowRequest { size } = frame.parse_json()?;
+            if size > MAX_VOLUME_SIZE {
+                return Err(Error::InvalidArgument(format!(
+                    "volume size {size} exceeds {MAX_VOLUME_SIZE}"
+                )));
+            }
+            json(&volume.grow(size)?)
         }
         Kind::Checkpoint => {
             volume.checkpoint(frame.gen)?;

@@ -268,12 +268,23 @@ async fn an_open_volume_grows_once_every_replica_has_and_a_later_engine_starts_g
     engine.write(16 * MIB - 4096, block(3), true).await.unwrap();
     assert_eq!(engine.read(8 * MIB - 4096, 4096).await.unwrap(), block(1));
     assert_eq!(engine.status().await.members, ab(), "nobody was cut out");
+    // Told to grow beyond what they hold, the engine grows its replicas itself.
+    assert_eq!(engine.grow(24 * MIB).await.unwrap(), 24 * MIB);
+    for svc in [&a, &b] {
+        let state = svc.replica_state("vol").await.unwrap().unwrap();
+        assert_eq!(state.size, 24 * MIB);
+    }
+    assert!(matches!(
+        engine.grow(1000).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(engine.size(), 24 * MIB);
     engine.close().await.unwrap();
     drop(engine);
 
     // A later engine, configured from the old context, starts at the replicas' size.
     let engine = Engine::start(config).await.unwrap();
-    assert_eq!(engine.size(), 16 * MIB);
+    assert_eq!(engine.size(), 24 * MIB);
     assert_eq!(engine.read(16 * MIB - 4096, 4096).await.unwrap(), block(3));
     assert_eq!(engine.read(8 * MIB - 4096, 4096).await.unwrap(), block(1));
     engine.close().await.unwrap();
