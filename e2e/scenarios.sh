@@ -409,9 +409,10 @@ s_all_gone() {
   [[ -f "$W/retained-volume" ]] && want="$(cat "$W/retained-volume")"
   for node in "${ALL_NODES[@]}"; do
     root="$(warren_storage_root "$node")"
-    left="$( (find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1
-      find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse
-      find "$root/replicas/.fuse" -mindepth 1 -maxdepth 1) 2>/dev/null | sort)"
+    # (A directory that was never made is not an error: pipefail is on.)
+    left="$( (find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 || true
+      find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse || true
+      find "$root/replicas/.fuse" -mindepth 1 -maxdepth 1 || true) 2>/dev/null | sort)"
     if [[ $node == "$NODE1" && -n $want ]]; then
       [[ $left == "$want" ]] || fail "left in $root: '${left//$'\n'/ }', want only the retained volume $want"
     else
