@@ -1,6 +1,6 @@
 //! NodeExpandVolume of a replicated volume staged on this node (online expansion). The
 //! controller has grown every replica (ControllerExpandVolume); here the engine is told
-//! and serves what all its replicas now hold, the kernel device is made to show it, and
+//! and serves what all its replicas now hold (or grows them itself when asked for more), the kernel device is made to show it, and
 //! a mounted file system is grown into it, as for image volumes.
 
 use std::os::unix::fs::FileTypeExt;
@@ -17,11 +17,14 @@ use crate::loopdev::block_device_size;
 use crate::mountinfo::{self, mount_at};
 use crate::stage::precondition;
 
+/// Sizes are whole MiB, as the controller makes them.
+const MIB: u64 = 1 << 20;
+
 impl ReplicatedStager {
-    /// Grows the volume staged here to what its replicas hold, and the file system
-    /// mounted at `path` with it (none for raw block). Returns the volume's size.
-    /// FAILED_PRECONDITION when the replicas hold less than `required_bytes` (the
-    /// controller grows them first) or the frontend cannot change its size online.
+    /// Grows the volume staged here to what its replicas hold (first growing them to
+    /// `required_bytes` when they hold less), and the file system mounted at `path` with
+    /// it (none for raw block). Returns the volume's size. FAILED_PRECONDITION when the
+    /// frontend cannot change its size online.
     pub async fn expand(
         &self,
         id: &ReplicatedVolumeId,
@@ -33,12 +36,14 @@ impl ReplicatedStager {
         let (engine, resize) = self.running.resizable(name).ok_or_else(|| {
             CoreError::NotFound(format!("volume {id} is not staged on this node"))
         })??;
-        let size = engine.grow_to_replicas().await.map_err(replica_error)?;
+        let mut size = engine.grow_to_replicas().await.map_err(replica_error)?;
         if required_bytes > size {
-            return Err(precondition(format!(
-                "the replicas of {id} hold {size} bytes, fewer than the {required_bytes} asked \
-                 for: ControllerExpandVolume grows every replica first"
-            )));
+            // Normally ControllerExpandVolume has grown every replica already; a CO that
+            // only calls the node (csi-sanity against a node-only endpoint) gets the same
+            // result here, as for image volumes: the engine grows its replicas, whole MiB
+            // like the controller's sizes.
+            let wanted = required_bytes.div_ceil(MIB) * MIB;
+            size = engine.grow(wanted).await.map_err(replica_error)?;
         }
         let device_bytes = blocking(move || resize.to(size)).await?;
         blocking(move || grow_mounted(&path, device_bytes)).await
