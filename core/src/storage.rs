@@ -165,7 +165,8 @@ pub trait NodeStorage: Send + Sync + 'static {
     }
     /// Grows this node's replica to `size_bytes` (a multiple of 4096), also while an
     /// engine has it open (the engine serves the new size once every replica has it and
-    /// it is told). Idempotent; never shrinks: a smaller size is INVALID_ARGUMENT.
+    /// it is told). Idempotent: a replica already that large or larger is left as it is
+    /// (the answer gives its size); never shrinks.
     /// NOT_FOUND if the node holds no replica; FAILED_PRECONDITION on a node that hosts
     /// no replica service.
     async fn expand_replica(

@@ -13,8 +13,10 @@ use crate::error::{Error, Result};
 use crate::locks::{lock, write};
 
 impl ReplicaVolume {
-    /// Grows this replica to `size` bytes (a multiple of 4096). Idempotent: the size it
-    /// has already is success. Never shrinks: a smaller size is refused.
+    /// Grows this replica to at least `size` bytes (a multiple of 4096). Idempotent: a
+    /// replica that has that size or more already is left as it is, and the answer says
+    /// its size (an expansion retried after a larger one, or one that reached this replica
+    /// first, must not fail). Never shrinks.
     pub fn grow(&self, size: u64) -> Result<ReplicaState> {
         if !size.is_multiple_of(4096) {
             return Err(Error::InvalidArgument(format!(
@@ -23,13 +25,7 @@ impl ReplicaVolume {
         }
         // Exclusive: no read or write is between its bounds check and its I/O.
         let mut state = write(&self.state);
-        if size < state.size {
-            return Err(Error::InvalidArgument(format!(
-                "replica {} of {} has {} bytes; a volume never shrinks (asked for {size})",
-                state.replica, state.volume, state.size
-            )));
-        }
-        if size == state.size {
+        if size <= state.size {
             return Ok(state.clone());
         }
         let data_path = self.dir.join("data");

@@ -3,10 +3,11 @@
 //! says the new size only once all of them have it. A node that cannot answer leaves the
 //! record at the old size and the call UNAVAILABLE; the retry asks every node again,
 //! which is harmless (a replica's growth is idempotent). The engine of a staged volume
-//! serves the new size when NodeExpandVolume tells it (node-plugin `replicated/expand.rs`).
+//! serves the new size when NodeExpandVolume tells it (node-plugin `replicated/expand.rs`),
+//! so node expansion is always asked for, raw block volumes included.
 
 use csi_proto::v1::{CapacityRange, ControllerExpandVolumeRequest};
-use warren_core::capability::{parse_capability, Access};
+use warren_core::capability::parse_capability;
 use warren_core::validate::resolve_capacity;
 use warren_core::{Error, Result};
 
@@ -14,18 +15,19 @@ use super::fanout::{from_node, on_each};
 use crate::service::{ControllerService, IMAGE_ALIGN};
 
 impl ControllerService {
-    /// The new size, and whether the node must grow a file system into it (a mount
-    /// volume: yes; raw block: no).
+    /// The new size, and that the node must act: a staged volume's engine and kernel
+    /// device must learn the new size (and a mount volume's file system grow into it),
+    /// raw block included, unlike an image volume, whose loop device the node resizes
+    /// when it is next attached.
     pub(in crate::service) async fn expand_replicated(
         &self,
         req: &ControllerExpandVolumeRequest,
         range: &CapacityRange,
     ) -> Result<(u64, bool)> {
         let rec = self.ready_replicated(&req.volume_id)?;
-        let block = match req.volume_capability.as_ref() {
-            Some(cap) => parse_capability(cap)?.access == Access::Block,
-            None => rec.block,
-        };
+        if let Some(cap) = req.volume_capability.as_ref() {
+            parse_capability(cap)?;
+        }
         // Sized like image volumes: whole MiB (and so whole 4 KiB blocks, as replicas are).
         let wanted = resolve_capacity(
             range.required_bytes,
@@ -35,7 +37,7 @@ impl ControllerService {
         )?;
         let _lock = self.locks().lock(rec.id.key.as_str()).await;
         let mut rec = self.ready_replicated(&req.volume_id)?;
-        let node_expansion = !block;
+        let node_expansion = true;
         if wanted <= rec.capacity_bytes {
             return Ok((rec.capacity_bytes, node_expansion)); // never shrinks
         }

@@ -187,7 +187,7 @@ async fn the_first_engine_finds_created_replicas_in_sync_and_clean() {
 }
 
 #[tokio::test]
-async fn grow_replica_is_idempotent_refuses_shrinking_and_bad_input() {
+async fn grow_replica_is_idempotent_never_shrinks_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     {
         let svc = service(dir.path(), "a");
@@ -200,9 +200,10 @@ async fn grow_replica_is_idempotent_refuses_shrinking_and_bad_input() {
         (16 * MIB, 1, ab())
     );
     assert_eq!(svc.grow_replica("vol", 16 * MIB).await.unwrap(), grown);
+    // Smaller than it is: success, at its own size (never shrunk).
+    assert_eq!(svc.grow_replica("vol", 8 * MIB).await.unwrap(), grown);
     assert_eq!(svc.replica_state("vol").await.unwrap(), Some(grown.clone()));
     for (volume, size) in [
-        ("vol", 8 * MIB), // smaller: never shrinks
         ("vol", 0),
         ("vol", 16 * MIB + 512),
         ("vol", MAX_VOLUME_SIZE + 4096),
