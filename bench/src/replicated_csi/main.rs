@@ -1,0 +1,230 @@
+//! Replicated volumes through CSI, next to a local image volume on the same machine:
+//! provisioning latency (CreateVolume alone, and until a pod could use the volume), direct
+//! I/O on a file inside the mounted volume, and the node processes' memory with volumes
+//! staged. Run by bench/replicated.sh, which starts `warren controller` and the
+//! `warren node` processes (one of them is the pod's node, NODE_SOCKET) and cleans up.
+//!
+//!   replicated-csi-bench CONTROLLER_SOCKET NODE_SOCKET KUBELET_DIR NODE=PID,... \
+//!       [COUNT] [IO_SECONDS] [REPS]
+//!
+//! BENCH_PHASES=latency,rss,io (default all three) picks the parts to run.
+
+mod csi;
+mod dio;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use csi::{BoxError, Class, Csi, Mounted};
+
+const IO_VOLUME_MIB: i64 = 1024;
+/// The file the I/O runs use inside the 1 GiB ext4 (room left for the file system).
+const IO_FILE_BYTES: u64 = 512 << 20;
+const LATENCY_VOLUME_MIB: i64 = 64;
+const IDLE_VOLUMES: usize = 10;
+const IDLE_VOLUME_MIB: i64 = 256;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn dist(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{:.1} / {:.1} / {:.1} ms (max {:.1})",
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.90)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().unwrap()),
+    )
+}
+
+/// (CPU ticks, RSS KiB, peak RSS KiB) of a process.
+fn proc_stat(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks = stat
+        .rfind(')')
+        .map(|i| stat[i + 2..].split(' ').collect::<Vec<_>>())
+        .and_then(|f| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, field("VmRSS:"), field("VmHWM:"))
+}
+
+/// RSS and CPU of every node process over `idle` with nothing asked of them.
+async fn idle_report(what: &str, nodes: &[(String, u32)], idle: Duration) {
+    let before: Vec<_> = nodes.iter().map(|(_, p)| proc_stat(*p)).collect();
+    tokio::time::sleep(idle).await;
+    for ((name, pid), (t0, _, _)) in nodes.iter().zip(before) {
+        let (t1, rss, hwm) = proc_stat(*pid);
+        println!(
+            "| {what} | {name} | {:.1} MiB | {:.1} MiB | {:.2} % over {} s |",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            t1.saturating_sub(t0) as f64 / idle.as_secs_f64(),
+            idle.as_secs()
+        );
+    }
+}
+
+async fn latency(csi: &mut Csi, classes: &[Class], count: usize) -> Result<(), BoxError> {
+    println!("\n## provisioning, {count} volumes of {LATENCY_VOLUME_MIB} MiB ext4 per class, one after another");
+    println!("| class (p50 / p90 / p99) | CreateVolume | CreateVolume + NodeStage + NodePublish | unpublish + unstage + DeleteVolume |");
+    println!("|---|---|---|---|");
+    for class in classes {
+        let (mut create, mut total, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..count {
+            let (mounted, t) = csi.provision(class, LATENCY_VOLUME_MIB).await?;
+            create.push(t.create);
+            total.push(t.create + t.stage_publish);
+            let start = std::time::Instant::now();
+            csi.remove(&mounted).await?;
+            remove.push(start.elapsed());
+        }
+        println!(
+            "| {} | {} | {} | {} |",
+            class.label(),
+            dist(create),
+            dist(total),
+            dist(remove)
+        );
+    }
+    Ok(())
+}
+
+async fn io(csi: &mut Csi, classes: &[Class], secs: u64, reps: usize) -> Result<(), BoxError> {
+    let time = Duration::from_secs(secs);
+    println!(
+        "\n## direct I/O on a {} MiB file in a {IO_VOLUME_MIB} MiB ext4 volume, {secs} s per run, median of {reps}",
+        IO_FILE_BYTES >> 20
+    );
+    println!("| class | workload | MB/s | IOPS | p50 µs | p99 µs | of local |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut local: Vec<dio::Result> = Vec::new();
+    for class in classes {
+        let (mounted, _) = csi.provision(class, IO_VOLUME_MIB).await?;
+        let file = mounted.target.join("fio-like.dat");
+        let results = tokio::task::block_in_place(|| -> std::io::Result<Vec<dio::Result>> {
+            dio::lay_out(&file, IO_FILE_BYTES)?;
+            dio::WORKLOADS
+                .iter()
+                .map(|w| dio::median(&file, IO_FILE_BYTES, *w, time, reps))
+                .collect()
+        });
+        csi.remove(&mounted).await?;
+        let results = results?;
+        if local.is_empty() {
+            local = results.clone();
+        }
+        for ((w, r), l) in dio::WORKLOADS.iter().zip(&results).zip(&local) {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {:.0} % |",
+                class.label(),
+                w.label,
+                r.mb_s,
+                r.iops,
+                r.p50_us,
+                r.p99_us,
+                100.0 * r.iops / l.iops
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        eprintln!(
+            "usage: {} CONTROLLER_SOCKET NODE_SOCKET KUBELET_DIR NODE=PID,... [COUNT] [IO_SECONDS] [REPS]",
+            args[0]
+        );
+        std::process::exit(2);
+    }
+    let controller = PathBuf::from(&args[1]);
+    let node = PathBuf::from(&args[2]);
+    let kubelet = PathBuf::from(&args[3]);
+    let nodes: Vec<(String, u32)> = args[4]
+        .split(',')
+        .map(|p| {
+            let (n, pid) = p.split_once('=').ok_or("NODE=PID expected")?;
+            Ok::<_, BoxError>((n.to_string(), pid.parse()?))
+        })
+        .collect::<Result<_, _>>()?;
+    let count: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let io_secs: u64 = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let reps: usize = args.get(7).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "latency,rss,io".into());
+
+    let mut csi = Csi::connect(&controller, &node, &kubelet).await?;
+    println!("pod's node: {}", csi.node_id());
+    let classes = [
+        Class::LocalImage,
+        Class::Replicated(2),
+        Class::Replicated(3),
+    ];
+
+    println!("\n## node processes");
+    println!("| when | node | RSS | peak RSS | CPU |");
+    println!("|---|---|---|---|---|");
+    idle_report("started, nothing staged", &nodes, Duration::from_secs(5)).await;
+
+    if phases.contains("latency") {
+        latency(&mut csi, &classes, count).await?;
+    }
+    let mut idle_set: Vec<Mounted> = Vec::new();
+    if phases.contains("rss") {
+        for _ in 0..IDLE_VOLUMES {
+            let (m, _) = csi
+                .provision(&Class::Replicated(2), IDLE_VOLUME_MIB)
+                .await?;
+            idle_set.push(m);
+        }
+        println!("\n| when | node | RSS | peak RSS | CPU |");
+        println!("|---|---|---|---|---|");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idle_report(
+            &format!("{IDLE_VOLUMES} x 2-replica volumes staged and mounted, idle"),
+            &nodes,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let io_result = if phases.contains("io") {
+        io(&mut csi, &classes, io_secs, reps).await
+    } else {
+        Ok(())
+    };
+    if !idle_set.is_empty() {
+        println!("\n| when | node | RSS | peak RSS | CPU |");
+        println!("|---|---|---|---|---|");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idle_report(
+            &format!("the same {IDLE_VOLUMES} still mounted, after the I/O runs, idle"),
+            &nodes,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    for m in &idle_set {
+        csi.remove(m).await?;
+    }
+    io_result?;
+    if !idle_set.is_empty() {
+        println!("\n| when | node | RSS | peak RSS | CPU |");
+        println!("|---|---|---|---|---|");
+        idle_report("all volumes removed", &nodes, Duration::from_secs(3)).await;
+    }
+    Ok(())
+}
