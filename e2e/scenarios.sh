@@ -14,6 +14,7 @@ SCENARIOS=(
   "xfs: a clone and a restored snapshot mount beside their running source (issue 20)|s_xfs_copies_beside_source"
   "a VolumeSnapshot deleted after its claim goes with its content and data (issue 20)|s_snapshot_outlives_claim"
   "replicated (2 replicas): a pod on another node reads every byte; delete leaves no replica|s_replicated_move"
+  "replicated: online expansion (xfs) seen inside the running pod|s_replicated_grow"
   "replicated: a replica node's Warren killed (kill -9) mid-write: no I/O error, incremental rebuild, replicas identical|s_replicated_replica_killed"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
@@ -255,6 +256,30 @@ s_replicated_move() {
   no_replicas() { [[ -z "$(replica_nodes "$handle")" ]]; }
   wait_until "the replicas of $pv removed from every node" 30 no_replicas
   echo "PV $pv ($handle): replicas on ${holders% }; 32 MiB written on $NODE1 read back on $reader ($sum); deleted everywhere"
+}
+
+s_replicated_grow() {
+  [[ -z ${NO_RESIZER:-} ]] || skip "$NO_RESIZER"
+  pvc repg 320Mi warren-replicated-xfs
+  pod repg "$NODE2" repg "echo $TOKEN >/data/token; sync; sleep 3600"
+  wait_until "pod repg running" 120 pod_running repg
+  local before after
+  before="$(fs_kib repg)"
+  kn patch pvc repg --type merge -p '{"spec":{"resources":{"requests":{"storage":"640Mi"}}}}' >/dev/null
+  grown() { [[ "$(jp pvc repg '{.status.capacity.storage}')" == 640Mi ]] && (($(fs_kib repg) > 600000)); }
+  wait_until "the claim's capacity and the pod's file system to reach 640Mi" 120 grown
+  after="$(fs_kib repg)"
+  [[ "$(kn exec repg -- cat /data/token)" == "$TOKEN" ]] || fail "data lost during expansion"
+  kn exec repg -- dd if=/dev/zero of=/data/big bs=1M count=400 conv=fsync 2>/dev/null || fail "cannot use the new space"
+  local handle node size
+  handle="$(k get pv "$(pv_of repg)" -o 'jsonpath={.spec.csi.volumeHandle}')"
+  for node in $(replica_nodes "$handle"); do
+    size="$(stat -c %s "$(replica_dir "$handle" "$node")/data")"
+    ((size == 671088640)) || fail "the replica on $node has $size bytes, want 640 MiB"
+  done
+  echo "replicated file system inside the running pod: $before KiB -> $after KiB; 400 MiB written after growth; every replica 640 MiB"
+  kn delete pod repg --wait=true >/dev/null
+  kn delete pvc repg --wait=true >/dev/null
 }
 
 # plugin_pod NODE: Warren's node plugin pod on NODE (edge: component edge*, standard: node*).
