@@ -2,6 +2,7 @@
 //! `warren`: one binary for every role. This file only wires parts together; the logic
 //! lives in warren-controller, warren-node and warren-core.
 
+mod allocator;
 mod calls;
 mod cli;
 mod http;

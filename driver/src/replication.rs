@@ -36,7 +36,6 @@ fn core_error(e: warren_replica::Error) -> Error {
 }
 
 pub async fn run_replica(args: ReplicaArgs, mut stop: watch::Receiver<bool>) -> Result<()> {
-    limit_allocator_retention();
     let token = Token::from_file(&args.token_file).map_err(core_error)?;
     let service =
         ReplicaService::new(args.root.clone(), args.node_id.clone(), token).map_err(core_error)?;
@@ -52,27 +51,6 @@ pub async fn run_replica(args: ReplicaArgs, mut stop: watch::Receiver<bool>) -> 
     tokio::select! {
         served = service.serve(listener) => served.map_err(core_error),
         _ = stop.changed() => Ok(()),
-    }
-}
-
-/// I/O bursts leave megabytes of freed frame buffers in glibc's per-thread arenas, which a
-/// long-lived replica service would otherwise keep resident forever. Two arenas, and a trim
-/// every 10 s, give that memory back (measured: 52 MiB → see docs/design.md).
-fn limit_allocator_retention() {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt and malloc_trim only tune and trim glibc's allocator.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-        tokio::spawn(async {
-            loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-            }
-        });
     }
 }
 

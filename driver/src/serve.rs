@@ -30,6 +30,7 @@ use warren_kube::edge::EdgeConfig;
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(mode: Mode) -> Result<()> {
+    crate::allocator::limit_retention();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
