@@ -9,6 +9,7 @@ mod http;
 mod kind;
 mod metrics;
 mod node_side;
+mod replicated_stats;
 mod replication;
 mod serve;
 mod volume_stats;

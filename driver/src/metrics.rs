@@ -6,7 +6,8 @@
 //! - `warren_csi_request_duration_seconds{method, kind}`: how long calls took (histogram);
 //! - `warren_build_info{version}`: always 1;
 //! - on nodes, `warren_volume_capacity_bytes{volume}` and `warren_volume_used_bytes{volume}`
-//!   (see `volume_stats`).
+//!   (see `volume_stats`), and the `warren_replicated_*{volume}` gauges of the replicated
+//!   volumes staged there (see `replicated_stats`).
 //!
 //! Every label value comes from a fixed set (method names, `kind::KINDS`, gRPC codes) or
 //! from a volume this node holds, never from a request as sent.
@@ -22,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tonic::Code;
 use warren_node::local::LocalStore;
 
+use crate::replicated_stats::ReplicatedGauges;
 use crate::volume_stats::VolumeGauges;
 
 /// The `Content-Type` of what `Metrics::render` returns.
@@ -52,6 +54,8 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     latency: Family<CallLabels, Histogram, fn() -> Histogram>,
     volumes: Option<VolumeGauges>,
+    /// On nodes: the replicated volumes staged there.
+    replicated: Option<ReplicatedGauges>,
     /// One scrape at a time, so a volume refresh never shows half done.
     render: tokio::sync::Mutex<()>,
 }
@@ -87,6 +91,9 @@ impl Metrics {
             "Time taken by CSI calls, by method and volume kind",
             latency.clone(),
         );
+        let replicated = node
+            .is_some()
+            .then(|| ReplicatedGauges::register(&mut registry));
         let volumes = node.map(|store| VolumeGauges::register(&mut registry, store));
         Metrics {
             registry,
@@ -94,7 +101,15 @@ impl Metrics {
             errors,
             latency,
             volumes,
+            replicated,
             render: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The node's replica host, once started: its staged volumes get gauges.
+    pub fn watch_replicas(&self, host: std::sync::Arc<warren_node::replicated::ReplicaHost>) {
+        if let Some(replicated) = &self.replicated {
+            replicated.watch(host);
         }
     }
 
@@ -127,6 +142,9 @@ impl Metrics {
         let _one_at_a_time = self.render.lock().await;
         if let Some(volumes) = &self.volumes {
             volumes.refresh().await;
+        }
+        if let Some(replicated) = &self.replicated {
+            replicated.refresh().await;
         }
         let mut text = String::with_capacity(8192);
         // Writing to a String cannot fail.

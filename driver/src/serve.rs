@@ -151,6 +151,9 @@ pub async fn run(mode: Mode) -> Result<()> {
                     .unwrap_or_else(|| args.node.kubelet_dir.join("plugins_registry"));
                 warren_kube::registration::spawn(&dir, csi_socket, stop_rx.clone())
             });
+            if let (Some(metrics), Some(host)) = (&metrics, &stack.replicas) {
+                metrics.watch_replicas(host.clone());
+            }
             let node = node_service(store, &args.node, &args.common, stack.replicas);
             let identity = IdentityService::new(false, ready.clone());
             let router = Server::builder()
@@ -205,6 +208,9 @@ async fn serve_all(
     }
     let controller = start_controller(common, nodes, stop_rx.clone()).await?;
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
+    if let (Some(metrics), Some(host)) = (&metrics, &stack.replicas) {
+        metrics.watch_replicas(host.clone());
+    }
     let node = node_service(store, node_side, common, stack.replicas);
     let identity = IdentityService::new(true, ready.clone());
     let router = Server::builder()

@@ -23,8 +23,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `warren all` as `Warren::spawn` starts it, plus `--metrics-address`.
+/// `warren all` as `Warren::spawn` starts it, plus `--metrics-address` (and `extra`).
 fn start_with_metrics(port: u16) -> Warren {
+    start_with_metrics_and(port, |_| vec![])
+}
+
+fn start_with_metrics_and(port: u16, extra: impl Fn(&std::path::Path) -> Vec<String>) -> Warren {
     let dir = Warren::dirs();
     let d = dir.path();
     let log = std::fs::File::create(d.join("warren.log")).unwrap();
@@ -37,6 +41,7 @@ fn start_with_metrics(port: u16) -> Warren {
         .arg(format!("--storage-root={}", d.join("storage").display()))
         .arg(format!("--kubelet-dir={}", d.join("kubelet").display()))
         .arg(format!("--metrics-address=127.0.0.1:{port}"))
+        .args(extra(d))
         .env("WARREN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -404,4 +409,80 @@ async fn a_taken_metrics_address_fails_startup() {
     );
     assert!(!d.join("csi.sock").exists(), "served CSI anyway");
     drop(taken);
+}
+
+/// A replicated volume staged on the node has gauges from its engine while it is staged
+/// (one replica: `warren all` is one node), and none once unstaged.
+#[tokio::test]
+async fn replicated_volume_gauges() {
+    if !std::path::Path::new("/dev/fuse").exists() || !nix::unistd::geteuid().is_root() {
+        return warren_test_support::skip(
+            "WARREN_REQUIRE_FUSE",
+            "a replicated volume is staged through FUSE + loop, which needs root and /dev/fuse",
+        );
+    }
+    let port = free_port();
+    let w = start_with_metrics_and(port, |d| {
+        let token = d.join("replica-token");
+        std::fs::write(&token, "observability-replica-token").unwrap();
+        vec![
+            "--replica-listen=127.0.0.1:0".into(),
+            format!("--replica-token-file={}", token.display()),
+        ]
+    });
+    let mut ctl = w.controller().await;
+    let mut node = w.node().await;
+    let mut request = create_request("obs-replicated", 64 * MIB);
+    request.parameters = HashMap::from([
+        ("backend".into(), "replicated".into()),
+        ("replicas".into(), "1".into()),
+    ]);
+    let volume = ctl
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let key = volume
+        .volume_id
+        .strip_prefix("replicated#")
+        .unwrap()
+        .to_string();
+    let staging = w.kubelet().join("staging-replicated");
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap()),
+        volume_context: volume.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_, _, text) = get(port, "/metrics").await;
+    for line in [
+        format!(r#"warren_replicated_replicas{{volume="{key}"}} 1"#),
+        format!(r#"warren_replicated_replicas_in_sync{{volume="{key}"}} 1"#),
+        format!(r#"warren_replicated_replicas_rebuilding{{volume="{key}"}} 0"#),
+        format!(r#"warren_replicated_degraded_seconds{{volume="{key}"}} 0.0"#),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+    let (_, _, text) = get(port, "/metrics").await;
+    assert!(
+        !text.contains(&key),
+        "gauges of an unstaged volume left:\n{text}"
+    );
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: volume.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }

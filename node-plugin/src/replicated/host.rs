@@ -12,7 +12,18 @@ use warren_replica::auth::Token;
 use warren_replica::server::ReplicaService;
 
 use super::replica_error;
+use super::running::RunningVolumes;
 use crate::error::Result;
+
+/// A replicated volume staged on this node, as its engine sees it now (for metrics).
+#[derive(Debug, Clone)]
+pub struct StagedVolume {
+    /// The replica name (the key of its `replicated#<key>` ID).
+    pub volume: String,
+    /// The replicas (node names) the volume was staged with: how many it should have.
+    pub replicas: Vec<String>,
+    pub status: warren_replica::engine::EngineStatus,
+}
 
 pub struct ReplicaHost {
     node: String,
@@ -23,6 +34,9 @@ pub struct ReplicaHost {
     /// One per replicated volume, taken by its replica calls and its node calls alike: a
     /// replica is never deleted while its volume is being staged here.
     locks: KeyedLocks,
+    /// The engines of the volumes staged here: the node service starts and stops them,
+    /// metrics read them.
+    running: Arc<RunningVolumes>,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -72,8 +86,26 @@ impl ReplicaHost {
             endpoint,
             token,
             locks: KeyedLocks::default(),
+            running: Arc::default(),
             serving,
         }))
+    }
+
+    pub(super) fn running(&self) -> Arc<RunningVolumes> {
+        self.running.clone()
+    }
+
+    /// Every replicated volume staged on this node, with its engine's status now.
+    pub async fn staged(&self) -> Vec<StagedVolume> {
+        let mut out = Vec::new();
+        for (volume, seen) in self.running.all() {
+            out.push(StagedVolume {
+                volume,
+                replicas: seen.replicas,
+                status: seen.engine.status().await,
+            });
+        }
+        out
     }
 
     /// `HOST:PORT` where other nodes' engines reach this node's replicas.

@@ -20,7 +20,7 @@ mod stage;
 mod store;
 
 pub use condition::condition;
-pub use host::ReplicaHost;
+pub use host::{ReplicaHost, StagedVolume};
 pub use stage::ReplicatedStager;
 pub use store::ReplicatingStore;
 

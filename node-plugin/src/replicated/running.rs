@@ -38,6 +38,20 @@ impl RunningVolumes {
             .map(|r| r.device.path().to_path_buf())
     }
 
+    /// Every volume staged here, by name (the table is not held while the caller uses them).
+    pub fn all(&self) -> Vec<(String, Seen)> {
+        self.table()
+            .iter()
+            .map(|(name, r)| {
+                let seen = Seen {
+                    engine: r.engine.clone(),
+                    replicas: r.replicas.clone(),
+                };
+                (name.clone(), seen)
+            })
+            .collect()
+    }
+
     pub fn seen(&self, volume: &str) -> Option<Seen> {
         self.table().get(volume).map(|r| Seen {
             engine: r.engine.clone(),

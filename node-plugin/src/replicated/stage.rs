@@ -34,7 +34,7 @@ const START_RETRY: Duration = Duration::from_secs(1);
 pub struct ReplicatedStager {
     pub(super) host: Arc<ReplicaHost>,
     pub(super) mounter: Arc<dyn Mounter>,
-    pub(super) running: RunningVolumes,
+    pub(super) running: Arc<RunningVolumes>,
 }
 
 /// Runs blocking mount work off the async threads.
@@ -79,9 +79,9 @@ fn engine_config(host: &ReplicaHost, name: &str, context: &ReplicatedContext) ->
 impl ReplicatedStager {
     pub fn new(host: Arc<ReplicaHost>, mounter: Arc<dyn Mounter>) -> Self {
         ReplicatedStager {
+            running: host.running(),
             host,
             mounter,
-            running: RunningVolumes::default(),
         }
     }
 
