@@ -34,17 +34,26 @@ impl Report {
 }
 
 impl ControllerService {
+    /// The locks a handler holds on a record: its key's, then its name's (`<kind>-name/…`),
+    /// so a reconciliation never settles a record a call is working on.
+    async fn lock_record(
+        &self,
+        key: &warren_core::ids::Key,
+        kind: &str,
+        name: &str,
+    ) -> (warren_core::lock::KeyGuard, warren_core::lock::KeyGuard) {
+        let id = self.locks().lock(key.as_str()).await;
+        let name = self.locks().lock(&format!("{kind}-name/{name}")).await;
+        (id, name)
+    }
+
     pub async fn reconcile(&self) -> Report {
         let mut report = Report::default();
         for stale in self.records().volumes() {
             if stale.state == State::Ready {
                 continue;
             }
-            let _id = self.locks().lock(stale.id.key.as_str()).await;
-            let _name = self
-                .locks()
-                .lock(&format!("volume-name/{}", stale.name))
-                .await;
+            let _locks = self.lock_record(&stale.id.key, "volume", &stale.name).await;
             // Re-read under the locks: a handler may have finished it meanwhile.
             let Some(rec) = self.records().volume(&stale.id.key) else {
                 continue;
@@ -63,10 +72,8 @@ impl ControllerService {
             if stale.state == State::Ready {
                 continue;
             }
-            let _id = self.locks().lock(stale.id.key.as_str()).await;
-            let _name = self
-                .locks()
-                .lock(&format!("snapshot-name/{}", stale.name))
+            let _locks = self
+                .lock_record(&stale.id.key, "snapshot", &stale.name)
                 .await;
             let Some(rec) = self.records().snapshot(&stale.id.key) else {
                 continue;
@@ -85,11 +92,7 @@ impl ControllerService {
             if stale.state == State::Ready {
                 continue;
             }
-            let _id = self.locks().lock(stale.id.key.as_str()).await;
-            let _name = self
-                .locks()
-                .lock(&format!("volume-name/{}", stale.name))
-                .await;
+            let _locks = self.lock_record(&stale.id.key, "volume", &stale.name).await;
             let Some(rec) = self.records().replicated(&stale.id.key) else {
                 continue;
             };

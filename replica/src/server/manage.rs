@@ -79,11 +79,7 @@ impl ReplicaService {
                 self.replica
             )));
         }
-        if size == 0 || !size.is_multiple_of(4096) || size > MAX_VOLUME_SIZE {
-            return Err(Error::InvalidArgument(format!(
-                "volume size {size} must be a positive multiple of 4096 up to {MAX_VOLUME_SIZE}"
-            )));
-        }
+        check_size(size)?;
         let existing = lock(&self.volumes).get(volume).cloned();
         let open = match existing {
             Some(open) => open,
@@ -187,11 +183,7 @@ impl ReplicaService {
     /// NOT_FOUND when this service keeps no replica of `volume`.
     pub async fn grow_replica(&self, volume: &str, size: u64) -> Result<ReplicaState> {
         crate::names::check_volume(volume)?;
-        if size == 0 || !size.is_multiple_of(4096) || size > MAX_VOLUME_SIZE {
-            return Err(Error::InvalidArgument(format!(
-                "volume size {size} must be a positive multiple of 4096 up to {MAX_VOLUME_SIZE}"
-            )));
-        }
+        check_size(size)?;
         let existing = lock(&self.volumes).get(volume).cloned();
         let open = match existing {
             Some(open) => open,
@@ -232,6 +224,16 @@ impl ReplicaService {
         let dir = self.root.join(volume);
         blocking(move || read_state(&dir)).await
     }
+}
+
+/// A volume size a replica can have: whole 4 KiB blocks, and a bitmap that fits a frame.
+fn check_size(size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(4096) || size > MAX_VOLUME_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "volume size {size} must be a positive multiple of 4096 up to {MAX_VOLUME_SIZE}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
