@@ -14,6 +14,9 @@ use warren_core::{Error, Result};
 #[derive(Default, Clone)]
 pub struct Nodes {
     nodes: Arc<RwLock<BTreeMap<String, Arc<dyn NodeStorage>>>>,
+    /// The labels of each node's Node object, when known (in a cluster): replicated
+    /// volumes spread their replicas over their values.
+    labels: Arc<RwLock<BTreeMap<String, BTreeMap<String, String>>>>,
 }
 
 impl Nodes {
@@ -22,7 +25,29 @@ impl Nodes {
     }
 
     pub fn remove(&self, name: &str) -> bool {
+        self.labels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         self.write().remove(name).is_some()
+    }
+
+    /// Records a node's labels (from its Node object).
+    pub fn set_labels(&self, name: &str, labels: BTreeMap<String, String>) {
+        self.labels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), labels);
+    }
+
+    /// A node's labels; empty when not known.
+    pub fn labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<dyn NodeStorage>> {

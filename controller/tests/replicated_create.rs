@@ -252,3 +252,48 @@ async fn a_refusing_node_undoes_the_whole_volume() {
     c.node("n2").set_mode(Mode::Up);
     c.create(replicated_request("pvc-a", &[])).await.unwrap();
 }
+
+/// In a cluster the controller knows the Node objects' labels (`Nodes::set_labels`, from
+/// node discovery): a required spread over a zone label puts the replicas in two zones,
+/// even where free space alone would pick two nodes of one zone.
+#[tokio::test]
+async fn a_required_spread_uses_the_nodes_labels() {
+    let c = cluster(&[("n1", 9, true), ("n2", 8, true), ("n3", 1, true)]);
+    let zone = |z: &str| {
+        std::collections::BTreeMap::from([(
+            "topology.kubernetes.io/zone".to_string(),
+            z.to_string(),
+        )])
+    };
+    c.nodes.set_labels("n1", zone("a"));
+    c.nodes.set_labels("n2", zone("a"));
+    c.nodes.set_labels("n3", zone("b"));
+    let req = replicated_request(
+        "pvc-spread",
+        &[
+            ("dataLocality", "disabled"),
+            ("spreadKey", "topology.kubernetes.io/zone"),
+            ("spreadRequired", "true"),
+        ],
+    );
+    let volume = c.create(req).await.unwrap();
+    let ctx = ReplicatedContext::read(&volume.volume_context).unwrap();
+    let mut placed: Vec<&str> = ctx.replicas.iter().map(|r| r.node.as_str()).collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        ["n1", "n3"],
+        "one replica per zone, most room first"
+    );
+    // Three replicas cannot be spread over two zones when asked to be.
+    let req = replicated_request(
+        "pvc-spread-3",
+        &[
+            ("replicas", "3"),
+            ("spreadKey", "topology.kubernetes.io/zone"),
+            ("spreadRequired", "true"),
+        ],
+    );
+    let err = c.create(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+}

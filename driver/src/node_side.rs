@@ -190,8 +190,14 @@ pub async fn discover_nodes(
     stop: watch::Receiver<bool>,
 ) {
     let mut known: BTreeMap<String, String> = BTreeMap::new();
-    let update = |agents: &BTreeMap<String, String>| {
-        let mut agents = agents.clone();
+    let update = |found: &BTreeMap<String, warren_kube::discovery::DiscoveredNode>| {
+        for (name, node) in found {
+            nodes.set_labels(name, node.labels.clone());
+        }
+        let mut agents: BTreeMap<String, String> = found
+            .iter()
+            .map(|(name, node)| (name.clone(), node.agent.clone()))
+            .collect();
         if let Some(own) = &own {
             agents.remove(own);
         }

@@ -16,11 +16,21 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::TOPOLOGY_KEY;
 
-/// Warren node id -> agent URL, for every node that runs Warren and has an address.
+/// A node running Warren, as its Node object says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredNode {
+    /// Its agent's URL.
+    pub agent: String,
+    /// The Node's labels (zones and the like: what replicated volumes spread over).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Warren node id -> its agent and labels, for every node that runs Warren and has an
+/// address.
 pub fn agents<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
     port: u16,
-) -> BTreeMap<String, String> {
+) -> BTreeMap<String, DiscoveredNode> {
     let mut agents = BTreeMap::new();
     for node in nodes {
         let Some(id) = node
@@ -40,7 +50,14 @@ pub fn agents<'a>(
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("[{v6}]"),
         };
-        agents.insert(id.clone(), format!("http://{host}:{port}"));
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        agents.insert(
+            id.clone(),
+            DiscoveredNode {
+                agent: format!("http://{host}:{port}"),
+                labels,
+            },
+        );
     }
     agents
 }
@@ -60,7 +77,7 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
 /// talk to (no in-cluster configuration or kubeconfig).
 pub async fn run(
     port: u16,
-    mut changed: impl FnMut(&BTreeMap<String, String>),
+    mut changed: impl FnMut(&BTreeMap<String, DiscoveredNode>),
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let client = Client::try_default().await?;
@@ -137,12 +154,21 @@ mod tests {
             ),
         ];
         let got = agents(&nodes, 7461);
+        let urls: BTreeMap<&str, &str> = got
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.agent.as_str()))
+            .collect();
         assert_eq!(
-            got,
+            urls,
             BTreeMap::from([
-                ("a".to_string(), "http://10.0.0.1:7461".to_string()),
-                ("c".to_string(), "http://[fd00::3]:7461".to_string()),
+                ("a", "http://10.0.0.1:7461"),
+                ("c", "http://[fd00::3]:7461")
             ])
+        );
+        // The labels come along (the topology key among them).
+        assert_eq!(
+            got["a"].labels.get(TOPOLOGY_KEY).map(String::as_str),
+            Some("a")
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Replicated volumes: what the CO learns about them (the Volume it is given, validation,
 //! health, listing, capacity), and what placement learns about the nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use csi_proto::v1::*;
 use warren_core::ids::{Key, Layout, ReplicatedVolumeId};
@@ -111,10 +111,10 @@ impl ControllerService {
             .into_iter()
             .zip(answers)
             .map(|(name, answer)| NodeFacts {
+                // From the Node objects in a cluster; empty otherwise (a soft spread then
+                // falls back to free space, and a required one cannot be met).
+                labels: self.nodes().labels(&name),
                 name,
-                // Node labels are not known to the controller yet: spreading by label
-                // then falls back to free space (and a required spread cannot be met).
-                labels: BTreeMap::new(),
                 seen: match answer {
                     Ok(c) => Seen::Answered {
                         available_bytes: c.available_bytes,
