@@ -43,7 +43,9 @@ impl NodeStorage for OneReplica {
     }
     async fn expand_replica(&self, volume: ReplicatedVolumeId, size: u64) -> Result<ReplicaInfo> {
         if size < 8 << 20 {
-            return Err(Error::InvalidArgument("never shrinks".into()));
+            return Err(Error::InvalidArgument(
+                "a fake refusal, to see its code cross the channel".into(),
+            ));
         }
         Ok(ReplicaInfo {
             volume,
