@@ -9,7 +9,9 @@ fn a_message_that_does_not_decode_is_internal() {
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Internal);
 }
 
-/// A node that holds one replica, of 8 MiB, and grows it on request.
+/// A node that holds one replica, of 8 MiB, and grows it on request. The tests below call
+/// only `expand_replica` through the agent; every other method is `unimplemented!()` on
+/// purpose, so a call the test did not mean to make fails it at once.
 struct OneReplica;
 
 #[async_trait]

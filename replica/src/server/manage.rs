@@ -99,16 +99,7 @@ impl ReplicaService {
                     Ok(opened) => opened,
                     Err(state) => return Ok(CreateOutcome::OtherSize(state)),
                 };
-                // An engine's `Open` may have raced us here: the first one's files win.
-                lock(&self.volumes)
-                    .entry(volume.to_string())
-                    .or_insert_with(|| {
-                        Arc::new(OpenVolume {
-                            volume: opened,
-                            session: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
+                self.keep_open(volume, opened)
             }
         };
         let state = open.state();
@@ -199,20 +190,25 @@ impl ReplicaService {
                     ReplicaVolume::open(&root, &replica, &name, state.size, false)
                 })
                 .await?;
-                // Into the table, as `create_replica` does: an engine's `Open` must find
-                // this same replica, never a second copy of its files.
-                lock(&self.volumes)
-                    .entry(volume.to_string())
-                    .or_insert_with(|| {
-                        Arc::new(OpenVolume {
-                            volume: opened,
-                            session: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
+                self.keep_open(volume, opened)
             }
         };
         blocking(move || open.volume.grow(size)).await
+    }
+
+    /// Puts a replica this call opened into the table of open volumes, so an engine's
+    /// `Open` finds this same replica, never a second copy of its files; if an engine's
+    /// `Open` raced this call, the one already there wins.
+    fn keep_open(&self, volume: &str, opened: ReplicaVolume) -> Arc<OpenVolume> {
+        lock(&self.volumes)
+            .entry(volume.to_string())
+            .or_insert_with(|| {
+                Arc::new(OpenVolume {
+                    volume: opened,
+                    session: AtomicU64::new(0),
+                })
+            })
+            .clone()
     }
 
     /// This service's replica of `volume` as it is now; `None` when it keeps none.
