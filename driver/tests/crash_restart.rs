@@ -7,20 +7,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::crash::{self, listed};
 use common::*;
 use csi_proto::v1::*;
 
-async fn listed(w: &Warren) -> BTreeSet<String> {
-    let mut client = w.controller().await;
-    let resp = client
-        .list_volumes(ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    resp.entries
-        .into_iter()
-        .map(|e| e.volume.unwrap().volume_id)
-        .collect()
+fn local_request(name: &str) -> CreateVolumeRequest {
+    create_request(name, 32 * MIB)
 }
 
 fn key_of(id: &str) -> String {
@@ -37,59 +29,17 @@ async fn kill_9_during_creates_and_deletes_loses_nothing_and_orphans_nothing() {
     let mut cut = 0;
 
     for (round, delay_ms) in [3u64, 25, 60, 120].into_iter().enumerate() {
-        // Creates (retries of earlier names included) and deletes of some acknowledged ones.
-        let mut tasks = Vec::new();
-        for name in &names {
-            let mut client = w.controller().await;
-            let name = name.clone();
-            tasks.push(tokio::spawn(async move {
-                let req = create_request(&name, 32 * MIB);
-                let r = client.create_volume(req).await;
-                (name, r.map(|r| r.into_inner().volume.unwrap().volume_id))
-            }));
-        }
-        let to_delete: Vec<String> = acknowledged.values().take(2 + round).cloned().collect();
-        let in_flight_deletes: BTreeSet<String> = to_delete.iter().cloned().collect();
-        let mut deletes = Vec::new();
-        for id in to_delete {
-            let mut client = w.controller().await;
-            deletes.push(tokio::spawn(async move {
-                let r = client
-                    .delete_volume(DeleteVolumeRequest {
-                        volume_id: id.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-                (id, r.is_ok())
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        w.kill9();
-        for t in tasks {
-            let (name, result) = t.await.unwrap();
-            if result.is_err() {
-                cut += 1;
-            }
-            if let Ok(id) = result {
-                // Unless this round also deleted the name's volume: a create that runs after
-                // that delete rightly makes a new volume, with a new id.
-                if let Some(old) = acknowledged.get(&name) {
-                    if !in_flight_deletes.contains(old) {
-                        assert_eq!(old, &id, "CreateVolume({name}) answered two different ids");
-                    }
-                }
-                acknowledged.insert(name, id);
-            }
-        }
-        for d in deletes {
-            let (id, ok) = d.await.unwrap();
-            if !ok {
-                cut += 1;
-            }
-            if ok {
-                acknowledged.retain(|_, v| *v != id);
-            }
-        }
+        let r = crash::burst_then_kill(
+            &mut w,
+            &names,
+            local_request,
+            2 + round,
+            Duration::from_millis(delay_ms),
+            &mut acknowledged,
+        )
+        .await;
+        cut += r.cut;
+        let in_flight_deletes = r.in_flight_deletes;
 
         w.spawn();
         let now_listed = listed(&w).await;

@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use common::crash::{self, listed};
 use common::*;
 use csi_proto::v1::*;
 
@@ -19,19 +20,6 @@ fn replicated_request(name: &str) -> CreateVolumeRequest {
         ("replicas".into(), "1".into()),
     ]);
     req
-}
-
-async fn listed(w: &Warren) -> BTreeSet<String> {
-    let mut client = w.controller().await;
-    let resp = client
-        .list_volumes(ListVolumesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    resp.entries
-        .into_iter()
-        .map(|e| e.volume.unwrap().volume_id)
-        .collect()
 }
 
 /// Replica directories on disk (by key), the replica root's own entries left out.
@@ -71,54 +59,17 @@ async fn kill_9_during_replicated_creates_and_deletes_loses_nothing_and_orphans_
     let mut cut = 0;
 
     for (round, delay_ms) in [2u64, 15, 40, 90].into_iter().enumerate() {
-        let mut tasks = Vec::new();
-        for name in &names {
-            let mut client = w.controller().await;
-            let name = name.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = client.create_volume(replicated_request(&name)).await;
-                (name, r.map(|r| r.into_inner().volume.unwrap().volume_id))
-            }));
-        }
-        let to_delete: Vec<String> = acknowledged.values().take(2 + round).cloned().collect();
-        let in_flight_deletes: BTreeSet<String> = to_delete.iter().cloned().collect();
-        let mut deletes = Vec::new();
-        for id in to_delete {
-            let mut client = w.controller().await;
-            deletes.push(tokio::spawn(async move {
-                let r = client
-                    .delete_volume(DeleteVolumeRequest {
-                        volume_id: id.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-                (id, r.is_ok())
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        w.kill9();
-        for t in tasks {
-            let (name, result) = t.await.unwrap();
-            match result {
-                Err(_) => cut += 1,
-                Ok(id) => {
-                    if let Some(old) = acknowledged.get(&name) {
-                        if !in_flight_deletes.contains(old) {
-                            assert_eq!(old, &id, "CreateVolume({name}) answered two ids");
-                        }
-                    }
-                    acknowledged.insert(name, id);
-                }
-            }
-        }
-        for d in deletes {
-            let (id, ok) = d.await.unwrap();
-            if ok {
-                acknowledged.retain(|_, v| *v != id);
-            } else {
-                cut += 1;
-            }
-        }
+        let r = crash::burst_then_kill(
+            &mut w,
+            &names,
+            replicated_request,
+            2 + round,
+            Duration::from_millis(delay_ms),
+            &mut acknowledged,
+        )
+        .await;
+        cut += r.cut;
+        let in_flight_deletes = r.in_flight_deletes;
 
         w.spawn();
         let now_listed = listed(&w).await;

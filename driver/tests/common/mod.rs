@@ -1,6 +1,8 @@
 //! Starts the real `warren` binary and talks CSI to it over its Unix socket.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
