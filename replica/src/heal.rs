@@ -12,7 +12,8 @@
 //! 3. Flush the target, then commit a new generation that lists it as a member.
 //!
 //! The copy is rate-limited (`rebuild_rate`); the volume's own I/O only waits for the one
-//! region being copied.
+//! region being copied. While it runs, its progress (bytes copied of bytes to copy) is on
+//! a board status readers see (`rebuild_progress.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ use crate::error::{Error, Result};
 use crate::locks::lock;
 use crate::plan::{plan_rebuild, RebuildPlan};
 use crate::target::BlockTarget;
+
+mod rebuild_progress;
+use rebuild_progress::OnBoard;
+pub use rebuild_progress::{rebuilds_in_progress, RebuildProgress};
 
 /// Regions copied at once: enough to keep both replicas' disks and the network busy.
 const COPY_PARALLELISM: usize = 4;
@@ -132,10 +137,13 @@ pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<R
         .await?;
     membership.rebuilding.push(target.clone());
     engine.rebuilding_now.store(true, Ordering::Release);
+    // On the board from the moment it takes writes until this function returns.
+    let to_copy = copy.iter().map(|region| engine.region_span(region).1).sum();
+    let progress = OnBoard::new(engine, &address.replica, incremental, to_copy);
     drop(membership);
     tracing::info!(volume = %engine.config.volume, replica = %address.replica, incremental, regions = copy.count(), "rebuild started");
 
-    let result = copy_regions(engine, &target, &copy, started).await;
+    let result = copy_regions(engine, &target, &copy, started, &progress).await;
     let result = match result {
         Ok(bytes) => finish(engine, &target).await.map(|_| bytes),
         Err(e) => {
@@ -155,21 +163,21 @@ pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<R
     })
 }
 
-/// Step 2: copies the marked regions; returns the bytes copied.
+/// Step 2: copies the marked regions, counting them on `progress`; returns the bytes
+/// copied.
 async fn copy_regions(
     engine: &Arc<Engine>,
     target: &Arc<ReplicaClient>,
     copy: &RegionBitmap,
     started: Instant,
+    progress: &OnBoard,
 ) -> Result<u64> {
     let rate = engine.config.rebuild_rate;
-    let copied = std::sync::atomic::AtomicU64::new(0);
     stream::iter(copy.iter().map(Ok::<u64, Error>))
         .map_ok(|region| {
-            let copied = &copied;
             async move {
                 let bytes = copy_region(engine, target, region).await?;
-                let total = copied.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                let total = progress.copied(bytes);
                 if rate > 0 {
                     // Stay at or under the rate: sleep until the bytes so far are due.
                     let due = Duration::from_secs_f64(total as f64 / rate as f64);
@@ -187,7 +195,7 @@ async fn copy_regions(
         .try_buffer_unordered(COPY_PARALLELISM)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(copied.load(Ordering::Relaxed))
+    Ok(progress.done())
 }
 
 async fn copy_region(
