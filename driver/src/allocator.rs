@@ -10,8 +10,6 @@
 //! 128 KiB mmap threshold (large buffers are mapped: pages never touched are never
 //! resident, and a free unmaps at once), and a trim every 10 s.
 
-use std::time::Duration;
-
 /// Call once, early, from inside the runtime.
 pub fn limit_retention() {
     #[cfg(target_env = "gnu")]
@@ -25,7 +23,7 @@ pub fn limit_retention() {
         }
         tokio::spawn(async {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 // SAFETY: as above.
                 unsafe {
                     libc::malloc_trim(0);
