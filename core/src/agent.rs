@@ -17,9 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
+use crate::ids::{Layout, ReplicatedSnapshotId, ReplicatedVolumeId, SnapshotId, VolumeId};
 use crate::storage::{
-    Capacity, NodeStorage, ReplicaInfo, ReplicaSpec, SnapshotInfo, VolumeInfo, VolumeSpec,
+    Capacity, NodeStorage, ReplicaInfo, ReplicaSnapshotInfo, ReplicaSpec, SeedReport, SeedSource,
+    SeedTarget, SnapshotInfo, VolumeInfo, VolumeSpec,
 };
 
 pub mod pb {
@@ -160,6 +161,27 @@ impl AgentService for Agent {
         let (volume, size): (ReplicatedVolumeId, u64) = decode(req.get_ref())?;
         reply(self.storage.expand_replica(volume, size).await)
     }
+    async fn snapshot_through_engine(&self, req: Request<Json>) -> Reply {
+        reply(
+            self.storage
+                .snapshot_through_engine(decode(req.get_ref())?)
+                .await,
+        )
+    }
+    async fn snapshot_replica(&self, req: Request<Json>) -> Reply {
+        reply(self.storage.snapshot_replica(decode(req.get_ref())?).await)
+    }
+    async fn delete_replica_snapshot(&self, req: Request<Json>) -> Reply {
+        reply(
+            self.storage
+                .delete_replica_snapshot(decode(req.get_ref())?)
+                .await,
+        )
+    }
+    async fn seed_replicated(&self, req: Request<Json>) -> Reply {
+        let (target, source): (SeedTarget, SeedSource) = decode(req.get_ref())?;
+        reply(self.storage.seed_replicated(target, source).await)
+    }
 }
 
 /// A node's storage reached over the network.
@@ -269,6 +291,24 @@ impl NodeStorage for RemoteNodeStorage {
         size_bytes: u64,
     ) -> Result<ReplicaInfo> {
         remote_call!(self, expand_replica, (volume, size_bytes))
+    }
+    async fn snapshot_through_engine(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<Vec<ReplicaSnapshotInfo>> {
+        remote_call!(self, snapshot_through_engine, snapshot)
+    }
+    async fn snapshot_replica(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<ReplicaSnapshotInfo> {
+        remote_call!(self, snapshot_replica, snapshot)
+    }
+    async fn delete_replica_snapshot(&self, snapshot: ReplicatedSnapshotId) -> Result<()> {
+        remote_call!(self, delete_replica_snapshot, snapshot)
+    }
+    async fn seed_replicated(&self, target: SeedTarget, source: SeedSource) -> Result<SeedReport> {
+        remote_call!(self, seed_replicated, (target, source))
     }
 }
 

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
+use crate::ids::{Layout, ReplicatedSnapshotId, ReplicatedVolumeId, SnapshotId, VolumeId};
+use crate::params::ReplicaEndpoint;
 
 /// Whether an image volume's blocks are reserved up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -128,6 +129,56 @@ pub struct ReplicaInfo {
     pub in_sync: bool,
 }
 
+/// One node's copy of a replicated volume's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSnapshotInfo {
+    pub snapshot: ReplicatedSnapshotId,
+    /// The node (and replica name) that keeps this copy.
+    pub node: String,
+    pub size_bytes: u64,
+    /// The generation of the replica it was copied from, and that generation's members.
+    pub gen: u64,
+    pub members: Vec<String>,
+    /// The replica held exactly its generation's data when copied: it was closed clean,
+    /// or the copy was taken through the running engine with no write in flight. Clean
+    /// copies of one generation are the same bytes; an unclean one may differ from
+    /// another in writes that were never acknowledged.
+    pub clean: bool,
+    /// When the copy was taken, seconds since the Unix epoch.
+    pub created_at_secs: i64,
+    pub created_at_nanos: i32,
+}
+
+/// What a new replicated volume is filled from (restore, clone, and local → replicated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeedSource {
+    /// This node's copy of a replicated volume's snapshot.
+    ReplicaSnapshot(ReplicatedSnapshotId),
+    /// A local snapshot this node keeps (image layout).
+    LocalSnapshot(SnapshotId),
+    /// A local volume this node keeps (image layout), copied at one point in time.
+    LocalVolume(VolumeId),
+}
+
+/// A new replicated volume to fill: its replicas exist (made empty by `create_replica`)
+/// and no one has been told its ID, so no engine but the seeding one can open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedTarget {
+    pub volume: ReplicatedVolumeId,
+    pub size_bytes: u64,
+    pub replicas: Vec<ReplicaEndpoint>,
+}
+
+/// What a seed copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedReport {
+    /// The source's size.
+    pub source_bytes: u64,
+    /// Bytes written into the volume (holes and zeros of the source are skipped).
+    pub written_bytes: u64,
+}
+
 /// A node's storage, as the controller sees it.
 #[async_trait]
 pub trait NodeStorage: Send + Sync + 'static {
@@ -181,6 +232,42 @@ pub trait NodeStorage: Send + Sync + 'static {
         Err(crate::Error::NotFound(format!(
             "this node hosts no replica service, so it holds no replica of {volume}"
         )))
+    }
+    /// Takes `snapshot` of its volume through the volume's engine, when this node runs it
+    /// (the volume is staged here): a mounted file system is frozen, the engine lets no
+    /// write be in flight, and every in-sync member copies its replica at that one point
+    /// in the write order. One entry per replica that took it. Idempotent (copies already
+    /// taken are returned as they are). NOT_FOUND when the engine does not run here.
+    async fn snapshot_through_engine(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<Vec<ReplicaSnapshotInfo>> {
+        Err(crate::Error::NotFound(format!(
+            "the engine of {} does not run on this node",
+            snapshot.volume
+        )))
+    }
+    /// Copies this node's replica into `snapshot`, when no engine has it open (it then
+    /// holds what its last engine left). ABORTED while an engine has it open (the engine's
+    /// node takes the snapshot instead); NOT_FOUND when the node holds no replica; an
+    /// engine that opens the replica while the copy runs waits for it. Idempotent.
+    async fn snapshot_replica(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<ReplicaSnapshotInfo> {
+        Err(no_replica_service(&snapshot.volume))
+    }
+    /// Deletes this node's copy of `snapshot`; a missing one is success.
+    async fn delete_replica_snapshot(&self, _snapshot: ReplicatedSnapshotId) -> Result<()> {
+        Ok(())
+    }
+    /// Fills the new replicated volume `target` from `source` (which this node keeps),
+    /// through an engine of its own, then closes the volume clean. Safe to repeat on the
+    /// same target (a retry after a crash writes the same bytes again). NOT_FOUND when this
+    /// node does not keep the source; INVALID_ARGUMENT when it cannot be copied into a
+    /// block volume (a `dir` layout) or is larger than the target.
+    async fn seed_replicated(&self, target: SeedTarget, _source: SeedSource) -> Result<SeedReport> {
+        Err(no_replica_service(&target.volume))
     }
 }
 

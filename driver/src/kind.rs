@@ -23,7 +23,7 @@ pub fn of_id(id: &str) -> &'static str {
     match IdKind::of(id) {
         Some(IdKind::LocalVolume | IdKind::LocalSnapshot) => "local",
         Some(IdKind::NfsVolume | IdKind::NfsSnapshot) => "nfs",
-        Some(IdKind::Replicated) => "replicated",
+        Some(IdKind::Replicated | IdKind::ReplicatedSnapshot) => "replicated",
         None => UNKNOWN,
     }
 }

@@ -99,7 +99,13 @@ impl NodeService {
                 .map_err(|e| Status::not_found(format!("no such volume: {e}"))),
             // Only a volume ID names a volume: any other kind (a snapshot) or none at all
             // is refused by the local volume parser, whose message says what is wrong.
-            Some(IdKind::LocalVolume | IdKind::LocalSnapshot | IdKind::NfsSnapshot) | None => {
+            Some(
+                IdKind::LocalVolume
+                | IdKind::LocalSnapshot
+                | IdKind::NfsSnapshot
+                | IdKind::ReplicatedSnapshot,
+            )
+            | None => {
                 let id = volume_id(raw)?;
                 Ok(if id.node == self.store.node_id() {
                     Target::Local(id)

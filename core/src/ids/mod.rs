@@ -8,6 +8,7 @@
 //! nfs#<server>#<share>#<subdir>#<onDelete>   an NFS volume            warren_nfs::volume_id
 //! nfssnap#<server>#<share>#<key>         an NFS volume's snapshot        warren_nfs::volume_id
 //! replicated#<key>                      a replicated volume                 replicated::ReplicatedVolumeId
+//! replsnap#<volume key>#<key>            a replicated volume's snapshot      replicated::ReplicatedSnapshotId
 //! ```
 //!
 //! The NFS fields are validated by the NFS crate, with the same rules as the StorageClass
@@ -18,7 +19,7 @@ mod local;
 mod replicated;
 
 pub use local::{Key, Layout, ObjectId, SnapshotId, VolumeId};
-pub use replicated::ReplicatedVolumeId;
+pub use replicated::{ReplicatedSnapshotId, ReplicatedVolumeId};
 
 /// What a CSI volume or snapshot ID names, told by its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub enum IdKind {
     NfsVolume,
     NfsSnapshot,
     Replicated,
+    ReplicatedSnapshot,
 }
 
 impl IdKind {
@@ -41,6 +43,7 @@ impl IdKind {
             "nfs" => IdKind::NfsVolume,
             "nfssnap" => IdKind::NfsSnapshot,
             "replicated" => IdKind::Replicated,
+            "replsnap" => IdKind::ReplicatedSnapshot,
             _ => return None,
         })
     }
@@ -53,6 +56,7 @@ impl IdKind {
             IdKind::NfsVolume => "nfs",
             IdKind::NfsSnapshot => "nfssnap",
             IdKind::Replicated => "replicated",
+            IdKind::ReplicatedSnapshot => "replsnap",
         }
     }
 }
@@ -70,6 +74,11 @@ pub fn is_nfs_snapshot(id: &str) -> bool {
 /// Whether `id` is meant as a replicated volume ID.
 pub fn is_replicated_volume(id: &str) -> bool {
     IdKind::of(id) == Some(IdKind::Replicated)
+}
+
+/// Whether `id` is meant as a replicated volume's snapshot ID.
+pub fn is_replicated_snapshot(id: &str) -> bool {
+    IdKind::of(id) == Some(IdKind::ReplicatedSnapshot)
 }
 
 /// The node a well-formed local volume ID names (a share's volume has one too), else None.

@@ -14,7 +14,7 @@ pub const CONTEXT_REPLICAS: &str = "warren.csi.dev/replicas";
 pub const CONTEXT_SIZE: &str = "warren.csi.dev/size";
 pub const CONTEXT_REBUILD_RATE: &str = "warren.csi.dev/rebuildRate";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaEndpoint {
     pub node: String,
     /// `HOST:PORT` of the node's replica service.
