@@ -12,6 +12,8 @@
 //! - `discovery`: the standard mode's controller finds the nodes' agents from Node
 //!   objects.
 //! - `quantity`: Kubernetes storage quantities to bytes and back.
+//! - `replicated_view`: the `ReplicatedVolume` objects kubectl shows for replicated
+//!   volumes (replicas, sync state, rebuild progress, engine node), and who writes them.
 //! - `lease`: leader election on a coordination.k8s.io Lease, for what no node owns:
 //!   where an Immediate-binding volume goes, and every step of NFS volumes (which live
 //!   on a server all nodes reach) and their snapshots.
@@ -30,6 +32,7 @@ pub mod provisioner;
 pub mod quantity;
 pub mod reclaimer;
 pub mod registration;
+pub mod replicated_view;
 pub mod snapshots;
 pub mod snapshotter;
 pub mod volumes;
