@@ -4,7 +4,7 @@
 #
 #   run-guest.sh --kernel 6.1|6.12 --script FILE [--modules "nbd ..."]
 #                [--copy HOST[:GUEST]]... [--net user] [--mem MB] [--smp N]
-#                [--timeout SECONDS] [--log FILE]
+#                [--disk FILE] [--timeout SECONDS] [--log FILE]
 #
 # The initrd is two concatenated cpio archives (the kernel unpacks both):
 #   base: busybox, /init, kernel modules - cached in $LAB_CACHE/initrd/,
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 LAB_CACHE=${LAB_CACHE:-/var/tmp/warren-lab}
-KERNEL='' MODULES='' SCRIPT='' NET='' MEM=512 SMP=2 TIMEOUT=300 LOG=''
+KERNEL='' MODULES='' SCRIPT='' NET='' MEM=512 SMP=2 TIMEOUT=300 LOG='' DISK=''
 COPIES=()
 
 die() { echo "run-guest: $*" >&2; exit 2; }
@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
     --net) NET=$2 ;;
     --mem) MEM=$2 ;;
     --smp) SMP=$2 ;;
+    --disk) DISK=$2 ;;
     --timeout) TIMEOUT=$2 ;;
     --log) LOG=$2 ;;
     *) die "unknown argument $1" ;;
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
 done
 [ -f "$SCRIPT" ] || die "--script FILE is required (got '$SCRIPT')"
 [ -z "$NET" ] || [ "$NET" = user ] || die "--net supports only 'user'"
+[ -z "$DISK" ] || [ -f "$DISK" ] || die "--disk: no such file $DISK"
 
 # Kernel tree: 6.1 is the host-installed package, 6.12 is unpacked by install.sh.
 case $KERNEL in
@@ -50,6 +52,8 @@ if [ -z "$KVER" ] || [ ! -f "$VMLINUZ" ]; then die "kernel $KERNEL not found; ru
 
 # virtio-net is a module in 6.1 (built in partly in 6.12): load it for --net.
 [ -n "$NET" ] && MODULES="virtio_pci virtio_net $MODULES"
+# --disk: a raw image as the guest's /dev/vda (virtio_blk is a module in both kernels).
+[ -n "$DISK" ] && MODULES="virtio_pci virtio_blk $MODULES"
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -157,6 +161,9 @@ cat "$BASE" "$WORK/run.cpio" >"$WORK/initrd"
 NETARGS=(-nic none)
 [ -n "$NET" ] && NETARGS=(-netdev "user,id=n0" -device "virtio-net-pci,netdev=n0,romfile=")
 # (romfile= skips the iPXE option ROM: nobody netboots, and it costs boot time)
+# qemu's default cache mode (writeback): the guest's flushes reach the host file's disk.
+DISKARGS=()
+[ -n "$DISK" ] && DISKARGS=(-drive "file=$DISK,if=virtio,format=raw")
 LOG=${LOG:-/dev/null}
 [ "$LOG" = /dev/null ] || : >"$LOG"
 start=$(date +%s%N)
@@ -172,7 +179,7 @@ for attempt in 1 2; do
   {
     timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu qemu64,-cx16 \
       -m "$MEM" -smp "$SMP" -pidfile "$WORK/qemu.pid" \
-      -nographic -no-reboot "${NETARGS[@]}" \
+      -nographic -no-reboot "${NETARGS[@]}" "${DISKARGS[@]}" \
       -kernel "$VMLINUZ" -initrd "$WORK/initrd" \
       -append "console=ttyS0 panic=-1 oops=panic loglevel=4" </dev/null 2>&1
     echo $? >"$WORK/qrc"

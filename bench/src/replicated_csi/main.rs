@@ -8,6 +8,8 @@
 //!       [COUNT] [IO_SECONDS] [REPS]
 //!
 //! BENCH_PHASES=latency,rss,io (default all three) picks the parts to run.
+//! BENCH_IO_VOLUME_MIB (default 1024) sizes the I/O runs' volume; their file is half of
+//! it. Smaller values are for slow machines (the kernel lab's emulated guests).
 
 mod csi;
 mod dio;
@@ -17,9 +19,8 @@ use std::time::Duration;
 
 use csi::{BoxError, Class, Csi, Mounted};
 
+/// The I/O runs' volume, unless BENCH_IO_VOLUME_MIB says otherwise.
 const IO_VOLUME_MIB: i64 = 1024;
-/// The file the I/O runs use inside the 1 GiB ext4 (room left for the file system).
-const IO_FILE_BYTES: u64 = 512 << 20;
 const LATENCY_VOLUME_MIB: i64 = 64;
 const IDLE_VOLUMES: usize = 10;
 const IDLE_VOLUME_MIB: i64 = 256;
@@ -102,23 +103,31 @@ async fn latency(csi: &mut Csi, classes: &[Class], count: usize) -> Result<(), B
     Ok(())
 }
 
-async fn io(csi: &mut Csi, classes: &[Class], secs: u64, reps: usize) -> Result<(), BoxError> {
+async fn io(
+    csi: &mut Csi,
+    classes: &[Class],
+    volume_mib: i64,
+    secs: u64,
+    reps: usize,
+) -> Result<(), BoxError> {
     let time = Duration::from_secs(secs);
+    // Half the volume: room left for the file system.
+    let file_bytes = (volume_mib as u64 / 2) << 20;
     println!(
-        "\n## direct I/O on a {} MiB file in a {IO_VOLUME_MIB} MiB ext4 volume, {secs} s per run, median of {reps}",
-        IO_FILE_BYTES >> 20
+        "\n## direct I/O on a {} MiB file in a {volume_mib} MiB ext4 volume, {secs} s per run, median of {reps}",
+        file_bytes >> 20
     );
     println!("| class | workload | MB/s | IOPS | p50 µs | p99 µs | of local |");
     println!("|---|---|---|---|---|---|---|");
     let mut local: Vec<dio::Result> = Vec::new();
     for class in classes {
-        let (mounted, _) = csi.provision(class, IO_VOLUME_MIB).await?;
+        let (mounted, _) = csi.provision(class, volume_mib).await?;
         let file = mounted.target.join("fio-like.dat");
         let results = tokio::task::block_in_place(|| -> std::io::Result<Vec<dio::Result>> {
-            dio::lay_out(&file, IO_FILE_BYTES)?;
+            dio::lay_out(&file, file_bytes)?;
             dio::WORKLOADS
                 .iter()
-                .map(|w| dio::median(&file, IO_FILE_BYTES, *w, time, reps))
+                .map(|w| dio::median(&file, file_bytes, *w, time, reps))
                 .collect()
         });
         csi.remove(&mounted).await?;
@@ -166,6 +175,13 @@ async fn main() -> Result<(), BoxError> {
     let io_secs: u64 = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let reps: usize = args.get(7).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "latency,rss,io".into());
+    let io_volume_mib: i64 = match std::env::var("BENCH_IO_VOLUME_MIB") {
+        Ok(v) => v.parse()?,
+        Err(_) => IO_VOLUME_MIB,
+    };
+    if io_volume_mib < 16 {
+        return Err("BENCH_IO_VOLUME_MIB must be at least 16".into());
+    }
 
     let mut csi = Csi::connect(&controller, &node, &kubelet).await?;
     println!("pod's node: {}", csi.node_id());
@@ -202,7 +218,7 @@ async fn main() -> Result<(), BoxError> {
         .await;
     }
     let io_result = if phases.contains("io") {
-        io(&mut csi, &classes, io_secs, reps).await
+        io(&mut csi, &classes, io_volume_mib, io_secs, reps).await
     } else {
         Ok(())
     };
