@@ -10,7 +10,9 @@ pub mod record_dir;
 pub mod records;
 pub mod replica_placement;
 pub mod replicated_record;
+pub mod replicated_snapshot_record;
 pub mod service;
+pub mod snapshot_copies;
 
 pub use nfs::NfsVolumes;
 pub use nodes::Nodes;

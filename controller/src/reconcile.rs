@@ -34,6 +34,21 @@ impl Report {
 }
 
 impl ControllerService {
+    /// Whether `name` is the snapshot a clone of a replicated volume was seeded from
+    /// (`warren-clone-<volume key>`) and that clone is no longer being made: the clone
+    /// deletes it when done, so one left over is a crash's leftover.
+    fn clone_snapshot_done(&self, name: &str) -> bool {
+        let Some(key) = name
+            .strip_prefix("warren-clone-")
+            .and_then(warren_core::ids::Key::parse)
+        else {
+            return false;
+        };
+        self.records()
+            .replicated(&key)
+            .is_none_or(|clone| clone.state != State::Creating)
+    }
+
     /// The locks a handler holds on a record: its key's, then its name's (`<kind>-name/…`),
     /// so a reconciliation never settles a record a call is working on.
     async fn lock_record(
@@ -106,6 +121,32 @@ impl ControllerService {
                 .await
                 .and_then(|()| self.records().remove_replicated(&rec.id.key));
             report.count(rec.state, result, "replicated volume", rec.id.to_string());
+        }
+        for stale in self.records().replicated_snapshots() {
+            if stale.state == State::Ready && !self.clone_snapshot_done(&stale.name) {
+                continue;
+            }
+            let _locks = self
+                .lock_record(&stale.id.key, "snapshot", &stale.name)
+                .await;
+            let Some(rec) = self.records().replicated_snapshot(&stale.id.key) else {
+                continue;
+            };
+            if rec.state == State::Ready && !self.clone_snapshot_done(&rec.name) {
+                continue;
+            }
+            // A half-taken snapshot (nobody was told its ID), one being deleted, or the
+            // snapshot a clone was seeded from after a crash: every copy goes.
+            let result = self
+                .remove_snapshot_copies(&rec)
+                .await
+                .and_then(|()| self.records().remove_replicated_snapshot(&rec.id.key));
+            let state = if rec.state == State::Ready {
+                State::Deleting
+            } else {
+                rec.state
+            };
+            report.count(state, result, "replicated snapshot", rec.id.to_string());
         }
         if report != Report::default() {
             tracing::info!(?report, "reconciled records with nodes");

@@ -1,5 +1,5 @@
 //! The controller's durable records of volumes and snapshots: one JSON file per object
-//! under `<state-dir>/controller/{volumes,snapshots,replicated}/`, kept by `RecordDir`.
+//! under `<state-dir>/controller/{volumes,snapshots,replicated,replicated-snapshots}/`, kept by `RecordDir`.
 //!
 //! A record is written *before* the node is asked to act (state `Creating` / `Deleting`),
 //! so after `kill -9` startup knows exactly which node operations may be half done and
@@ -15,6 +15,7 @@ use warren_core::Result;
 
 use crate::record_dir::{Record, RecordDir};
 use crate::replicated_record::ReplicatedRecord;
+use crate::replicated_snapshot_record::ReplicatedSnapshotRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +64,7 @@ pub struct Records {
     volumes: RecordDir<VolumeRecord>,
     snapshots: RecordDir<SnapshotRecord>,
     replicated: RecordDir<ReplicatedRecord>,
+    replicated_snapshots: RecordDir<ReplicatedSnapshotRecord>,
 }
 
 impl Record for VolumeRecord {
@@ -90,6 +92,7 @@ impl Records {
             volumes: RecordDir::open(&base.join("volumes"))?,
             snapshots: RecordDir::open(&base.join("snapshots"))?,
             replicated: RecordDir::open(&base.join("replicated"))?,
+            replicated_snapshots: RecordDir::open(&base.join("replicated-snapshots"))?,
         })
     }
 
@@ -155,6 +158,28 @@ impl Records {
 
     pub fn remove_replicated(&self, key: &Key) -> Result<()> {
         self.replicated.remove(key)
+    }
+
+    pub fn replicated_snapshot(&self, key: &Key) -> Option<ReplicatedSnapshotRecord> {
+        self.replicated_snapshots.get(key)
+    }
+
+    pub fn replicated_snapshot_by_name(&self, name: &str) -> Option<ReplicatedSnapshotRecord> {
+        self.replicated_snapshots.by_name(name)
+    }
+
+    /// Snapshots of replicated volumes in key order.
+    pub fn replicated_snapshots(&self) -> Vec<ReplicatedSnapshotRecord> {
+        self.replicated_snapshots.all()
+    }
+
+    /// Writes the record durably, then makes it visible.
+    pub fn put_replicated_snapshot(&self, rec: &ReplicatedSnapshotRecord) -> Result<()> {
+        self.replicated_snapshots.put(rec)
+    }
+
+    pub fn remove_replicated_snapshot(&self, key: &Key) -> Result<()> {
+        self.replicated_snapshots.remove(key)
     }
 }
 

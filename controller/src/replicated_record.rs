@@ -8,7 +8,7 @@
 //! volume; other parameters, ALREADY_EXISTS).
 
 use serde::{Deserialize, Serialize};
-use warren_core::ids::{Key, ReplicatedVolumeId};
+use warren_core::ids::{Key, ReplicatedSnapshotId, ReplicatedVolumeId, SnapshotId, VolumeId};
 use warren_core::params::{DataLocality, ReplicaEndpoint, ReplicatedParams};
 
 use crate::record_dir::Record;
@@ -31,6 +31,39 @@ enum DataLocalityDef {
     Strict,
 }
 
+/// What a new replicated volume was filled from (CreateVolume's content source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicatedSource {
+    /// Restored from a snapshot of a replicated volume.
+    Snapshot(ReplicatedSnapshotId),
+    /// Cloned from a replicated volume.
+    Volume(ReplicatedVolumeId),
+    /// Restored from a local (image) volume's snapshot.
+    LocalSnapshot(SnapshotId),
+    /// Cloned from a local (image) volume.
+    LocalVolume(VolumeId),
+}
+
+impl ReplicatedSource {
+    /// The ID as the CO gave it.
+    pub fn id(&self) -> String {
+        match self {
+            ReplicatedSource::Snapshot(id) => id.to_string(),
+            ReplicatedSource::Volume(id) => id.to_string(),
+            ReplicatedSource::LocalSnapshot(id) => id.to_string(),
+            ReplicatedSource::LocalVolume(id) => id.to_string(),
+        }
+    }
+
+    pub fn is_snapshot(&self) -> bool {
+        matches!(
+            self,
+            ReplicatedSource::Snapshot(_) | ReplicatedSource::LocalSnapshot(_)
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicatedRecord {
     pub id: ReplicatedVolumeId,
@@ -50,13 +83,22 @@ pub struct ReplicatedRecord {
     pub rebuild_rate: u64,
     /// Created for raw block access.
     pub block: bool,
+    /// What it is filled from, before it is `Ready`.
+    #[serde(default)]
+    pub source: Option<ReplicatedSource>,
     pub state: State,
 }
 
 impl ReplicatedRecord {
     /// Whether this record was made from the same StorageClass parameters and size.
-    pub fn same_request(&self, params: &ReplicatedParams, capacity_bytes: u64) -> bool {
+    pub fn same_request(
+        &self,
+        params: &ReplicatedParams,
+        capacity_bytes: u64,
+        source: Option<&ReplicatedSource>,
+    ) -> bool {
         self.capacity_bytes == capacity_bytes
+            && self.source.as_ref() == source
             && self.replica_count == params.replicas
             && self.fs_type == params.fs_type
             && self.data_locality == params.data_locality
@@ -115,6 +157,7 @@ mod tests {
             spread_required: false,
             rebuild_rate: 0,
             block: false,
+            source: None,
             state: State::Creating,
         };
         records.put_replicated(&rec).unwrap();
@@ -136,12 +179,12 @@ mod tests {
             spread: None,
             rebuild_rate: 0,
         };
-        assert!(rec.same_request(&params, 1 << 30));
-        assert!(!rec.same_request(&params, 2 << 30));
+        assert!(rec.same_request(&params, 1 << 30, None));
+        assert!(!rec.same_request(&params, 2 << 30, None));
         params.spread = Some(Spread {
             key: "zone".into(),
             required: false,
         });
-        assert!(!rec.same_request(&params, 1 << 30));
+        assert!(!rec.same_request(&params, 1 << 30, None));
     }
 }

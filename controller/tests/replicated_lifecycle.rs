@@ -93,6 +93,7 @@ async fn a_crash_before_any_node_answered_is_undone_on_every_recorded_node() {
         spread_required: false,
         rebuild_rate: 0,
         block: false,
+        source: None,
         state: State::Creating,
     };
     c.records().put_replicated(&rec).unwrap();
@@ -324,24 +325,9 @@ async fn capacity_is_what_one_new_volume_can_get() {
 }
 
 #[tokio::test]
-async fn what_replicated_volumes_cannot_do_yet_is_refused_clearly() {
+async fn only_single_node_access_is_confirmed() {
     let c = cluster(&[("n1", 9, true), ("n2", 5, true)]);
     let volume = c.create(replicated_request("pvc-a", &[])).await.unwrap();
-    let err = c
-        .svc
-        .create_snapshot(Request::new(CreateSnapshotRequest {
-            source_volume_id: volume.volume_id.clone(),
-            name: "snap-a".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(
-        err.message().contains("snapshots of replicated volumes"),
-        "{err:?}"
-    );
-
     let validate = |mode: AccessMode| {
         c.svc
             .validate_volume_capabilities(Request::new(ValidateVolumeCapabilitiesRequest {

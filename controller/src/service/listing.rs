@@ -86,6 +86,7 @@ impl ControllerService {
             .filter(|r| r.state == State::Ready)
             .filter_map(|r| r.info.map(|info| (r.id.key, csi_snapshot(&info))))
             .chain(self.nfs.snapshots())
+            .chain(self.replicated_snapshot_entries())
             .collect();
         ready.sort_by(|a, b| a.0.cmp(&b.0));
         if !req.snapshot_id.is_empty() {

@@ -31,9 +31,12 @@ use super::ControllerService;
 mod expand;
 mod fanout;
 mod queries;
+mod seed;
+mod snapshots;
 
 use fanout::{from_node, on_each};
 use queries::csi_replicated_volume;
+pub(super) use snapshots::csi_replicated_snapshot;
 
 /// Parses the capabilities of a replicated volume: one node uses it at a time (the engine
 /// runs where it is staged), as a file system or a raw block device. Whether it is block.
@@ -55,30 +58,8 @@ impl ControllerService {
         let params = parse_replicated_params(&req.parameters)?;
         let block = single_node_capabilities(&req.volume_capabilities)?;
         let capacity = volume_capacity(req.capacity_range.as_ref(), Layout::Image)?;
-        // A source that does not exist is NOT_FOUND, as the spec asks, before the
-        // refusal of one that does.
-        let replicated_source = req
-            .volume_content_source
-            .as_ref()
-            .and_then(|s| match &s.r#type {
-                Some(volume_content_source::Type::Volume(v))
-                    if warren_core::ids::is_replicated_volume(&v.volume_id) =>
-                {
-                    Some(v.volume_id.as_str())
-                }
-                _ => None,
-            });
-        let has_source = match replicated_source {
-            Some(id) => self.ready_replicated(id).map(|_| true)?,
-            None => self
-                .content_source(req.volume_content_source.as_ref())?
-                .is_some(),
-        };
-        if has_source {
-            return Err(Error::InvalidArgument(
-                "restore/clone into replicated volumes is not available yet".into(),
-            ));
-        }
+        // A source that does not exist is NOT_FOUND, as the spec asks.
+        let source = self.replicated_source(req.volume_content_source.as_ref(), capacity)?;
 
         let _name_lock = self
             .locks()
@@ -92,9 +73,9 @@ impl ControllerService {
             )));
         }
         if let Some(rec) = self.records().replicated_by_name(&req.name) {
-            if !rec.same_request(&params, capacity) {
+            if !rec.same_request(&params, capacity, source.as_ref()) {
                 return Err(Error::AlreadyExists(format!(
-                    "volume {:?} exists with another size or parameters",
+                    "volume {:?} exists with another size, parameters or source",
                     req.name
                 )));
             }
@@ -138,6 +119,7 @@ impl ControllerService {
             spread_required: params.spread.as_ref().is_some_and(|s| s.required),
             rebuild_rate: params.rebuild_rate,
             block,
+            source,
             state: State::Creating,
         };
         self.records().put_replicated(&rec)?;
@@ -188,6 +170,21 @@ impl ControllerService {
         // The nodes' own word on where they serve the replica.
         for (replica, info) in rec.replicas.iter_mut().zip(infos) {
             replica.endpoint = info.endpoint;
+        }
+        if let Some(source) = rec.source.clone() {
+            match self.seed(&rec, &source).await {
+                Ok(()) => {}
+                // Kept `Creating`: a retry seeds again, or reconciliation undoes it.
+                Err(e @ (Error::Unavailable(_) | Error::Aborted(_))) => return Err(e),
+                Err(e) => {
+                    match self.remove_replicas(&rec).await {
+                        Ok(()) => self.records().remove_replicated(&rec.id.key)?,
+                        Err(undo) => tracing::warn!(volume = %rec.id, error = %undo,
+                            "could not undo a volume whose seed failed yet; reconciliation will"),
+                    }
+                    return Err(e);
+                }
+            }
         }
         rec.state = State::Ready;
         self.records().put_replicated(&rec)?;
@@ -267,17 +264,6 @@ impl ControllerService {
             }
             // Unreachable: kept `Deleting`; reconciliation finishes it.
             Err(e) => Err(e),
-        }
-    }
-
-    /// The answer to an operation replicated volumes do not offer yet: NOT_FOUND for a
-    /// volume that does not exist, else FAILED_PRECONDITION saying what is missing.
-    pub(super) fn refuse_replicated(&self, what: &str, raw: &str) -> Error {
-        match self.ready_replicated(raw) {
-            Err(e) => e,
-            Ok(_) => Error::FailedPrecondition(format!(
-                "{what} of replicated volumes is not available yet"
-            )),
         }
     }
 }

@@ -11,6 +11,7 @@ use warren_nfs::volume_id::NfsSnapshotId;
 
 use crate::records::{SnapshotRecord, State};
 
+use super::replicated::csi_replicated_snapshot;
 use super::{parse_id, ControllerService, Reply};
 
 pub(super) fn timestamp(info: &SnapshotInfo) -> prost_types::Timestamp {
@@ -52,14 +53,32 @@ impl ControllerService {
             })?;
             return self.nfs.create_snapshot(&req.name, &source).await;
         }
-        if ids::is_replicated_volume(&req.source_volume_id) {
-            return Err(self.refuse_replicated("snapshots", &req.source_volume_id));
-        }
-        let source_id = parse_id("source_volume_id", &req.source_volume_id, VolumeId::parse)?;
         let _name_lock = self
             .locks
             .lock(&format!("snapshot-name/{}", req.name))
             .await;
+        // One namespace of snapshot names for local and replicated volumes.
+        let replicated = ids::is_replicated_volume(&req.source_volume_id);
+        let taken_by_other_kind = if replicated {
+            self.records.snapshot_by_name(&req.name).is_some()
+        } else {
+            self.records
+                .replicated_snapshot_by_name(&req.name)
+                .is_some()
+        };
+        if taken_by_other_kind {
+            return Err(Error::AlreadyExists(format!(
+                "snapshot {:?} exists for another volume",
+                req.name
+            )));
+        }
+        if replicated {
+            let rec = self
+                .create_replicated_snapshot(&req.name, &req.source_volume_id)
+                .await?;
+            return Ok(csi_replicated_snapshot(&rec));
+        }
+        let source_id = parse_id("source_volume_id", &req.source_volume_id, VolumeId::parse)?;
         if let Some(rec) = self.records.snapshot_by_name(&req.name) {
             if Some(&rec.source_volume) != source_id.as_ref() {
                 return Err(Error::AlreadyExists(format!(
@@ -108,6 +127,9 @@ impl ControllerService {
     }
 
     pub(super) async fn delete_snapshot_inner(&self, req: DeleteSnapshotRequest) -> Result<()> {
+        if ids::is_replicated_snapshot(&req.snapshot_id) {
+            return self.delete_replicated_snapshot(&req.snapshot_id).await;
+        }
         if ids::is_nfs_snapshot(&req.snapshot_id) {
             return match NfsSnapshotId::parse(&req.snapshot_id) {
                 Ok(id) => self.nfs.delete_snapshot(&id).await,
@@ -139,6 +161,12 @@ impl ControllerService {
         req: Request<GetSnapshotRequest>,
     ) -> Reply<GetSnapshotResponse> {
         let req = req.into_inner();
+        if ids::is_replicated_snapshot(&req.snapshot_id) {
+            let rec = self.ready_replicated_snapshot(&req.snapshot_id)?;
+            return Ok(Response::new(GetSnapshotResponse {
+                snapshot: Some(csi_replicated_snapshot(&rec)),
+            }));
+        }
         if ids::is_nfs_snapshot(&req.snapshot_id) {
             let snapshot = self.nfs.snapshot(&req.snapshot_id).ok_or_else(|| {
                 Status::not_found(format!("snapshot {:?} does not exist", req.snapshot_id))

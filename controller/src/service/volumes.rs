@@ -97,6 +97,13 @@ impl ControllerService {
             return Ok(None);
         };
         match &source.r#type {
+            Some(Type::Snapshot(s)) if ids::is_replicated_snapshot(&s.snapshot_id) => {
+                Err(Error::InvalidArgument(
+                    "a snapshot of a replicated volume restores into a replicated volume \
+                     (a `backend: replicated` class), not into a local one"
+                        .into(),
+                ))
+            }
             Some(Type::Snapshot(s)) => {
                 let id = parse_id("snapshot source id", &s.snapshot_id, SnapshotId::parse)?
                     .filter(|id| {
@@ -109,9 +116,13 @@ impl ControllerService {
                     })?;
                 Ok(Some(ContentSource::Snapshot(id)))
             }
-            Some(Type::Volume(v)) if ids::is_replicated_volume(&v.volume_id) => Err(
-                Error::InvalidArgument("cloning a replicated volume is not available yet".into()),
-            ),
+            Some(Type::Volume(v)) if ids::is_replicated_volume(&v.volume_id) => {
+                Err(Error::InvalidArgument(
+                    "a replicated volume clones into a replicated volume (a `backend: \
+                     replicated` class), not into a local one"
+                        .into(),
+                ))
+            }
             Some(Type::Volume(v)) => {
                 let id = parse_id("source volume id", &v.volume_id, VolumeId::parse)?
                     .filter(|id| {

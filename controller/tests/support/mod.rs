@@ -19,7 +19,7 @@ use csi_proto::v1::volume_capability::{AccessMode as Am, AccessType, MountVolume
 use csi_proto::v1::*;
 use tonic::Request;
 use warren_controller::{ControllerService, NfsVolumes, Nodes, Records};
-use warren_core::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
+use warren_core::ids::{Layout, ReplicatedSnapshotId, ReplicatedVolumeId, SnapshotId, VolumeId};
 use warren_core::storage::*;
 use warren_core::{Error, Result};
 
@@ -52,6 +52,14 @@ struct FakeState {
     mode: Mode,
     replicas: BTreeMap<String, ReplicaInfo>,
     calls: Vec<String>,
+    /// Snapshot copies it keeps, by snapshot key.
+    copies: BTreeMap<String, ReplicaSnapshotInfo>,
+    /// Volume keys whose engine runs here, with what that engine's snapshot answers.
+    engines: HashMap<String, Vec<String>>,
+    /// Replicas whose last engine did not close them clean.
+    unclean: Vec<String>,
+    /// What it seeded: (target volume key, source).
+    seeded: Vec<(String, SeedSource)>,
 }
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -74,6 +82,10 @@ impl FakeNode {
                 mode: Mode::Up,
                 replicas: BTreeMap::new(),
                 calls: Vec::new(),
+                copies: BTreeMap::new(),
+                engines: HashMap::new(),
+                unclean: Vec::new(),
+                seeded: Vec::new(),
             }),
         })
     }
@@ -112,6 +124,28 @@ impl FakeNode {
 
     pub fn calls(&self) -> Vec<String> {
         self.state().calls.clone()
+    }
+
+    /// The snapshot keys it keeps a copy of.
+    pub fn copies(&self) -> Vec<String> {
+        self.state().copies.keys().cloned().collect()
+    }
+
+    /// The volume `key` is staged here: its engine runs here, and a snapshot through it
+    /// makes copies on `members` (the fake answers for them; the copies themselves are
+    /// the node plugin's, tested there).
+    pub fn run_engine(&self, key: &str, members: &[&str]) {
+        let members = members.iter().map(|m| m.to_string()).collect();
+        self.state().engines.insert(key.into(), members);
+    }
+
+    /// Its replica of `key` was left unclean by an engine that died.
+    pub fn mark_unclean(&self, key: &str) {
+        self.state().unclean.push(key.into());
+    }
+
+    pub fn seeded(&self) -> Vec<(String, SeedSource)> {
+        self.state().seeded.clone()
     }
 
     /// Records the call; the mode's answer when it overrides the real one.
@@ -312,6 +346,112 @@ impl NodeStorage for FakeNode {
             down_or_hang(&self.name, mode).await?;
             self.replica(&key)
                 .ok_or_else(|| Error::NotFound("no such replica".into()))
+        })
+    }
+    fn snapshot_through_engine<'s, 'f>(
+        &'s self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Fut<'f, Vec<ReplicaSnapshotInfo>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let key = snapshot.volume.replica_name().to_string();
+            let mode = self.enter(format!("engine-snapshot {key}"));
+            down_or_hang(&self.name, mode).await?;
+            let members =
+                self.state().engines.get(&key).cloned().ok_or_else(|| {
+                    Error::NotFound(format!("the engine of {key} does not run here"))
+                })?;
+            Ok(members
+                .iter()
+                .map(|node| ReplicaSnapshotInfo {
+                    snapshot: snapshot.clone(),
+                    node: node.clone(),
+                    size_bytes: GIB,
+                    gen: 9,
+                    members: members.clone(),
+                    clean: true,
+                    created_at_secs: 1_700_000_000,
+                    created_at_nanos: 0,
+                })
+                .collect())
+        })
+    }
+    fn snapshot_replica<'s, 'f>(
+        &'s self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Fut<'f, ReplicaSnapshotInfo>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let key = snapshot.volume.replica_name().to_string();
+            let mode = self.enter(format!("snapshot {key}"));
+            down_or_hang(&self.name, mode).await?;
+            if mode == Some(Mode::InUse) {
+                return Err(Error::Aborted("an engine has the replica open".into()));
+            }
+            let mut state = self.state();
+            let replica = state
+                .replicas
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| Error::NotFound("no such replica".into()))?;
+            let info = ReplicaSnapshotInfo {
+                snapshot: snapshot.clone(),
+                node: self.name.clone(),
+                size_bytes: replica.size_bytes,
+                gen: replica.gen,
+                members: replica.members,
+                clean: !state.unclean.contains(&key),
+                created_at_secs: 1_700_000_000,
+                created_at_nanos: 0,
+            };
+            state
+                .copies
+                .insert(snapshot.key.as_str().to_string(), info.clone());
+            Ok(info)
+        })
+    }
+    fn delete_replica_snapshot<'s, 'f>(&'s self, snapshot: ReplicatedSnapshotId) -> Fut<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let mode = self.enter(format!("delete-snapshot {}", snapshot.key));
+            down_or_hang(&self.name, mode).await?;
+            self.state().copies.remove(snapshot.key.as_str());
+            Ok(())
+        })
+    }
+    fn seed_replicated<'s, 'f>(
+        &'s self,
+        target: SeedTarget,
+        source: SeedSource,
+    ) -> Fut<'f, SeedReport>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let key = target.volume.replica_name().to_string();
+            let mode = self.enter(format!("seed {key}"));
+            down_or_hang(&self.name, mode).await?;
+            let mut state = self.state();
+            if let SeedSource::ReplicaSnapshot(id) = &source {
+                if !state.copies.contains_key(id.key.as_str()) {
+                    return Err(Error::NotFound(format!("no copy of {id} here")));
+                }
+            }
+            state.seeded.push((key, source));
+            Ok(SeedReport {
+                source_bytes: target.size_bytes,
+                written_bytes: 0,
+            })
         })
     }
 }

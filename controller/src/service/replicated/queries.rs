@@ -13,7 +13,7 @@ use warren_core::{Error, Result};
 
 use crate::records::State;
 use crate::replica_placement::{NodeFacts, Seen};
-use crate::replicated_record::ReplicatedRecord;
+use crate::replicated_record::{ReplicatedRecord, ReplicatedSource};
 
 use super::super::volumes::{confirm, topology};
 use super::super::ControllerService;
@@ -41,8 +41,25 @@ pub(super) fn csi_replicated_volume(rec: &ReplicatedRecord) -> Volume {
         capacity_bytes: rec.capacity_bytes as i64,
         volume_id: rec.id.to_string(),
         volume_context,
-        content_source: None,
+        content_source: rec.source.as_ref().map(content_source),
         accessible_topology,
+    }
+}
+
+/// The content source as the CO named it.
+fn content_source(source: &ReplicatedSource) -> VolumeContentSource {
+    use volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let r#type = if source.is_snapshot() {
+        Type::Snapshot(SnapshotSource {
+            snapshot_id: source.id(),
+        })
+    } else {
+        Type::Volume(VolumeSource {
+            volume_id: source.id(),
+        })
+    };
+    VolumeContentSource {
+        r#type: Some(r#type),
     }
 }
 
