@@ -144,6 +144,7 @@ fn owner_of_handle(handle: &str) -> Owner {
     if ids::is_nfs_snapshot(handle)
         || ids::is_nfs_volume(handle)
         || ids::is_replicated_volume(handle)
+        || ids::is_replicated_snapshot(handle)
     {
         return Owner::Leader;
     }
@@ -196,7 +197,9 @@ pub fn decide_as(
             Some(Owner::Node(node)) if node == me => delete,
             Some(Owner::Node(_)) => Nothing("being deleted: another node holds the snapshot"),
             Some(Owner::Leader) if leader => delete,
-            Some(Owner::Leader) => Nothing("a snapshot of an NFS volume: the leader deletes it"),
+            Some(Owner::Leader) => {
+                Nothing("a snapshot of an NFS or replicated volume: the leader deletes it")
+            }
             // No content, or one that names nothing Warren made: nothing to delete on any
             // node, only the finalizer to drop, and that is the leader's to do.
             None | Some(Owner::Nobody) if leader => delete,
