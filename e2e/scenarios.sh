@@ -15,6 +15,7 @@ SCENARIOS=(
   "a VolumeSnapshot deleted after its claim goes with its content and data (issue 20)|s_snapshot_outlives_claim"
   "replicated (2 replicas): a pod on another node reads every byte; delete leaves no replica|s_replicated_move"
   "replicated: online expansion (xfs) seen inside the running pod|s_replicated_grow"
+  "replicated: snapshot of a volume in use, restore, clone; a local volume and its snapshot copied into replicated ones|s_replicated_copies"
   "replicated: a replica node's Warren killed (kill -9) mid-write: no I/O error, incremental rebuild, replicas identical|s_replicated_replica_killed"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
@@ -283,6 +284,62 @@ s_replicated_grow() {
   echo "replicated file system inside the running pod: $before KiB -> $after KiB; 400 MiB written after growth; every replica 640 MiB"
   kn delete pod repg --wait=true >/dev/null
   kn delete pvc repg --wait=true >/dev/null
+}
+
+# handle_of CLAIM: the CSI volume handle of CLAIM's PV.
+handle_of() { k get pv "$(pv_of "$1")" -o 'jsonpath={.spec.csi.volumeHandle}'; }
+
+s_replicated_copies() {
+  pvc repsrc 256Mi warren-replicated
+  # A pod keeps the source in use on node 1 (its engine runs there) while it is
+  # snapshotted and cloned.
+  pod repsrc "$NODE1" repsrc \
+    "head -c 16777216 /dev/urandom >/data/blob && sha256sum /data/blob | cut -d' ' -f1 >/data/blob.sum && sync && sleep 3600"
+  wait_until "pod repsrc running" 120 pod_running repsrc
+  has_sum() { [[ "$(kn exec repsrc -- cat /data/blob.sum 2>/dev/null | wc -c)" == 65 ]]; }
+  wait_until "the source's checksum written" 60 has_sum
+  local sum content handle
+  sum="$(kn exec repsrc -- cat /data/blob.sum)"
+  volume_snapshot repsnap repsrc
+  wait_until "snapshot repsnap of a replicated volume in use ready" 90 snapshot_ready repsnap
+  content="$(jp volumesnapshot repsnap '{.status.boundVolumeSnapshotContentName}')"
+  handle="$(k get volumesnapshotcontent "$content" -o 'jsonpath={.status.snapshotHandle}')"
+  [[ $handle == replsnap#* ]] || fail "content $content has handle '$handle', want replsnap#..."
+  # Written after the snapshot: in the clone, not in the restore.
+  kn exec repsrc -- sh -c 'echo after >/data/after && sync'
+
+  pvc represt 256Mi warren-replicated "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: repsnap}"
+  local got
+  got="$(run_pod represt "$NODE2" represt "sha256sum /data/blob | cut -d' ' -f1; test ! -e /data/after && echo no-after")"
+  [[ "$got" == "$sum"$'\n'no-after ]] || fail "the restore read '${got//$'\n'/ }', want $sum and no file written after the snapshot"
+  [[ "$(handle_of represt)" == replicated#* ]] || fail "the restore is not a replicated volume"
+
+  pvc repclone 256Mi warren-replicated "  dataSource: {kind: PersistentVolumeClaim, name: repsrc}"
+  got="$(run_pod repclone "$NODE3" repclone "sha256sum /data/blob | cut -d' ' -f1; cat /data/after")"
+  [[ "$got" == "$sum"$'\n'after ]] || fail "the clone read '${got//$'\n'/ }', want $sum and the file written before the clone"
+
+  # Across kinds: the local claim data1 (ext4 image on node 1; 'changed' since s_clone)
+  # and its snapshot snap1 (the token), into replicated volumes used on node 2.
+  pvc loc2rep 1Gi warren-replicated "  dataSource: {kind: PersistentVolumeClaim, name: data1}"
+  got="$(run_pod loc2rep "$NODE2" loc2rep "cat /data/token")"
+  [[ $got == changed ]] || fail "the local volume copied into a replicated one reads '$got', want 'changed'"
+  [[ "$(handle_of loc2rep)" == replicated#* ]] || fail "the copy of a local volume is not a replicated volume"
+  pvc snap2rep 1Gi warren-replicated "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap1}"
+  got="$(run_pod snap2rep "$NODE3" snap2rep "cat /data/token")"
+  [[ $got == "$TOKEN" ]] || fail "the local snapshot restored into a replicated volume reads '$got', want '$TOKEN'"
+
+  kn delete pod repsrc represt repclone loc2rep snap2rep --wait=true >/dev/null
+  kn delete volumesnapshot repsnap --wait=true >/dev/null
+  kn delete pvc repsrc represt repclone loc2rep snap2rep --wait=true >/dev/null
+  no_copies() {
+    local node
+    for node in "${ALL_NODES[@]}"; do
+      [[ -z "$(ls -A "$(warren_storage_root "$node")/replicas/.snapshots" 2>/dev/null)" ]] || return 1
+    done
+  }
+  wait_until "every snapshot copy removed from every node" 60 no_copies
+  echo "snapshot $handle of a volume in use; its restore holds the data as of the snapshot, the clone as of the clone;"
+  echo "a local volume and a local snapshot copied into replicated volumes read back on other nodes; no copy left"
 }
 
 # plugin_pod NODE: Warren's node plugin pod on NODE (edge: component edge*, standard: node*).
