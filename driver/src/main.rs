@@ -10,6 +10,7 @@ mod kind;
 mod metrics;
 mod node_side;
 mod replicated_stats;
+mod replicated_view;
 mod replication;
 mod serve;
 mod volume_stats;

@@ -7,7 +7,10 @@
 //! - `warren_replicated_degraded_seconds{volume}`: how long it has had fewer in-sync
 //!   replicas than asked (or a failed engine), 0 when it has them all;
 //! - `warren_replicated_last_rebuild_bytes{volume}`, `..._last_rebuild_seconds{volume}`:
-//!   the bytes the last finished rebuild copied and how long it took (so its rate).
+//!   the bytes the last finished rebuild copied and how long it took (so its rate);
+//! - `warren_replicated_rebuild_done_bytes{volume}`, `..._rebuild_total_bytes{volume}`,
+//!   `..._rebuild_rate_bytes_per_second{volume}`: the rebuilds in progress now, summed
+//!   over the replicas being rebuilt (0 when none runs).
 //!
 //! The volume label is the replica name (the key of `replicated#<key>`). Only the node
 //! running a volume's engine (where it is staged) reports it.
@@ -21,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use warren_node::replicated::{ReplicaHost, StagedVolume};
+use warren_replica::heal::{rebuilds_in_progress, RebuildProgress};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VolumeLabels {
@@ -38,6 +42,9 @@ pub struct ReplicatedGauges {
     degraded_seconds: SecondsGauges,
     rebuild_bytes: Gauges,
     rebuild_seconds: SecondsGauges,
+    rebuild_done: Gauges,
+    rebuild_total: Gauges,
+    rebuild_rate: Gauges,
     /// Since when each volume has been degraded.
     degraded_since: tokio::sync::Mutex<HashMap<String, Instant>>,
 }
@@ -70,6 +77,18 @@ impl ReplicatedGauges {
             "replicated_last_rebuild_bytes",
             "Bytes the last finished rebuild of a replicated volume staged here copied",
         );
+        let rebuild_done = gauges(
+            "replicated_rebuild_done_bytes",
+            "Bytes the rebuilds in progress of a replicated volume staged here have copied",
+        );
+        let rebuild_total = gauges(
+            "replicated_rebuild_total_bytes",
+            "Bytes the rebuilds in progress of a replicated volume staged here have to copy",
+        );
+        let rebuild_rate = gauges(
+            "replicated_rebuild_rate_bytes_per_second",
+            "Copy rate so far of the rebuilds in progress of a replicated volume staged here",
+        );
         let degraded_seconds = SecondsGauges::default();
         registry.register(
             "replicated_degraded_seconds",
@@ -90,6 +109,9 @@ impl ReplicatedGauges {
             degraded_seconds,
             rebuild_bytes,
             rebuild_seconds,
+            rebuild_done,
+            rebuild_total,
+            rebuild_rate,
             degraded_since: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -104,10 +126,19 @@ impl ReplicatedGauges {
             return;
         };
         let staged = host.staged().await;
-        self.record(&staged, Instant::now()).await;
+        let progress: HashMap<String, Vec<RebuildProgress>> = staged
+            .iter()
+            .map(|v| (v.volume.clone(), rebuilds_in_progress(&v.volume)))
+            .collect();
+        self.record(&staged, &progress, Instant::now()).await;
     }
 
-    async fn record(&self, staged: &[StagedVolume], now: Instant) {
+    async fn record(
+        &self,
+        staged: &[StagedVolume],
+        progress: &HashMap<String, Vec<RebuildProgress>>,
+        now: Instant,
+    ) {
         let mut since = self.degraded_since.lock().await;
         since.retain(|volume, _| staged.iter().any(|v| &v.volume == volume));
         for family in [
@@ -115,6 +146,9 @@ impl ReplicatedGauges {
             &self.in_sync,
             &self.rebuilding,
             &self.rebuild_bytes,
+            &self.rebuild_done,
+            &self.rebuild_total,
+            &self.rebuild_rate,
         ] {
             family.clear();
         }
@@ -142,6 +176,19 @@ impl ReplicatedGauges {
                 0.0
             };
             self.degraded_seconds.get_or_create(&labels).set(seconds);
+            let running = progress.get(&v.volume).map(Vec::as_slice).unwrap_or(&[]);
+            let sum = |f: fn(&RebuildProgress) -> u64| {
+                i64::try_from(running.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
+            };
+            self.rebuild_done
+                .get_or_create(&labels)
+                .set(sum(|p| p.bytes_done));
+            self.rebuild_total
+                .get_or_create(&labels)
+                .set(sum(|p| p.bytes_total));
+            self.rebuild_rate
+                .get_or_create(&labels)
+                .set(sum(RebuildProgress::bytes_per_second));
             if let Some(rebuild) = &v.status.last_rebuild {
                 self.rebuild_bytes
                     .get_or_create(&labels)
@@ -182,12 +229,28 @@ mod tests {
         let mut registry = Registry::with_prefix("warren");
         let gauges = ReplicatedGauges::register(&mut registry);
         let t0 = Instant::now();
+        let none = HashMap::new();
+        let rebuilding_b = HashMap::from([(
+            "b".to_string(),
+            vec![RebuildProgress {
+                replica: "n2".into(),
+                incremental: true,
+                bytes_done: 8 << 20,
+                bytes_total: 32 << 20,
+                elapsed: Duration::from_secs(2),
+            }],
+        )]);
         gauges
-            .record(&[staged("a", &["n1", "n2"]), staged("b", &["n1"])], t0)
+            .record(
+                &[staged("a", &["n1", "n2"]), staged("b", &["n1"])],
+                &none,
+                t0,
+            )
             .await;
         gauges
             .record(
                 &[staged("a", &["n1", "n2"]), staged("b", &["n1"])],
+                &rebuilding_b,
                 t0 + Duration::from_secs(7),
             )
             .await;
@@ -199,12 +262,20 @@ mod tests {
             r#"warren_replicated_replicas_in_sync{volume="b"} 1"#,
             r#"warren_replicated_degraded_seconds{volume="a"} 0.0"#,
             r#"warren_replicated_degraded_seconds{volume="b"} 7.0"#,
+            r#"warren_replicated_rebuild_done_bytes{volume="b"} 8388608"#,
+            r#"warren_replicated_rebuild_total_bytes{volume="b"} 33554432"#,
+            r#"warren_replicated_rebuild_rate_bytes_per_second{volume="b"} 4194304"#,
+            r#"warren_replicated_rebuild_done_bytes{volume="a"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         // Healthy again: back to 0; a volume no longer staged is gone.
         gauges
-            .record(&[staged("b", &["n1", "n2"])], t0 + Duration::from_secs(9))
+            .record(
+                &[staged("b", &["n1", "n2"])],
+                &none,
+                t0 + Duration::from_secs(9),
+            )
             .await;
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();

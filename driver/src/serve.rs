@@ -111,6 +111,7 @@ pub async fn run(mode: Mode) -> Result<()> {
                     token.clone(),
                     stop_rx.clone(),
                 ));
+                crate::replicated_view::spawn_object_keeper(None, stop_rx.clone());
             }
             for entry in &args.node_agents {
                 let (name, address) = entry.split_once('=').ok_or_else(|| {
@@ -153,6 +154,10 @@ pub async fn run(mode: Mode) -> Result<()> {
             });
             if let (Some(metrics), Some(host)) = (&metrics, &stack.replicas) {
                 metrics.watch_replicas(host.clone());
+            }
+            if let Some(host) = &stack.replicas {
+                let node = args.node.node_id.clone();
+                crate::replicated_view::spawn_status_writer(host.clone(), node, stop_rx.clone());
             }
             let node = node_service(store, &args.node, &args.common, stack.replicas);
             let identity = IdentityService::new(false, ready.clone());
@@ -210,6 +215,11 @@ async fn serve_all(
     let controller = Arc::new(Observed::from_arc(controller, metrics.clone()));
     if let (Some(metrics), Some(host)) = (&metrics, &stack.replicas) {
         metrics.watch_replicas(host.clone());
+    }
+    if let (Some(_), Some(host)) = (&edge, &stack.replicas) {
+        let node = node_side.node_id.clone();
+        crate::replicated_view::spawn_status_writer(host.clone(), node.clone(), stop_rx.clone());
+        crate::replicated_view::spawn_object_keeper(Some(node), stop_rx.clone());
     }
     let node = node_service(store, node_side, common, stack.replicas);
     let identity = IdentityService::new(true, ready.clone());

@@ -21,5 +21,7 @@ pub mod resource;
 mod tests;
 
 pub use decide::{EngineView, RebuildBytes, RebuildView};
-pub use keeper::{keep_objects, write_statuses};
+pub use keeper::{
+    keep_objects, keep_objects_in_cluster, write_statuses, write_statuses_in_cluster,
+};
 pub use resource::{LastRebuild, ReplicatedVolume, ReplicatedVolumeSpec, ReplicatedVolumeStatus};

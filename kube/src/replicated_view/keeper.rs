@@ -230,3 +230,36 @@ pub async fn apply_status_write(api: &Api<ReplicatedVolume>, write: &StatusWrite
         Err(e) => Err(e.into()),
     }
 }
+
+/// `keep_objects` with the in-cluster (or kubeconfig) client; without a Kubernetes API
+/// there is nothing to keep, which is said once.
+pub async fn keep_objects_in_cluster(
+    mine: impl Fn(&ReplicatedVolumeSpec) -> bool,
+    stop: watch::Receiver<bool>,
+) {
+    match kube::Client::try_default().await {
+        Ok(client) => keep_objects(client, mine, stop).await,
+        Err(e) => {
+            tracing::info!(error = %e, "no Kubernetes API: no ReplicatedVolume objects kept")
+        }
+    }
+}
+
+/// `write_statuses` with the in-cluster (or kubeconfig) client; without a Kubernetes API
+/// (the standard mode's node pod before its chart gave it a token) nothing is written,
+/// which is said once.
+pub async fn write_statuses_in_cluster<F, Fut>(
+    node: String,
+    engines: F,
+    stop: watch::Receiver<bool>,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<EngineView>>,
+{
+    match kube::Client::try_default().await {
+        Ok(client) => write_statuses(client, node, engines, stop).await,
+        Err(e) => {
+            tracing::info!(error = %e, "no Kubernetes API: the status of replicated volumes is not written")
+        }
+    }
+}
