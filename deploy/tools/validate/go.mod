@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/kubernetes-csi/external-snapshotter/client/v8 v8.7.0
 	k8s.io/api v0.37.2
+	k8s.io/apiextensions-apiserver v0.37.2
 	k8s.io/apimachinery v0.37.2
 	sigs.k8s.io/yaml v1.6.0
 )

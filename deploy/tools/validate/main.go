@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -36,14 +37,15 @@ var kinds = map[string]func() any{
 	"v1/Pod":                   func() any { return &corev1.Pod{} },
 	"apps/v1/Deployment":       func() any { return &appsv1.Deployment{} },
 	"apps/v1/DaemonSet":        func() any { return &appsv1.DaemonSet{} },
-	"rbac.authorization.k8s.io/v1/ClusterRole":        func() any { return &rbacv1.ClusterRole{} },
-	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": func() any { return &rbacv1.ClusterRoleBinding{} },
-	"rbac.authorization.k8s.io/v1/Role":               func() any { return &rbacv1.Role{} },
-	"rbac.authorization.k8s.io/v1/RoleBinding":        func() any { return &rbacv1.RoleBinding{} },
-	"storage.k8s.io/v1/CSIDriver":                     func() any { return &storagev1.CSIDriver{} },
-	"storage.k8s.io/v1/StorageClass":                  func() any { return &storagev1.StorageClass{} },
-	"snapshot.storage.k8s.io/v1/VolumeSnapshotClass":  func() any { return &snapv1.VolumeSnapshotClass{} },
-	"snapshot.storage.k8s.io/v1/VolumeSnapshot":       func() any { return &snapv1.VolumeSnapshot{} },
+	"rbac.authorization.k8s.io/v1/ClusterRole":         func() any { return &rbacv1.ClusterRole{} },
+	"rbac.authorization.k8s.io/v1/ClusterRoleBinding":  func() any { return &rbacv1.ClusterRoleBinding{} },
+	"rbac.authorization.k8s.io/v1/Role":                func() any { return &rbacv1.Role{} },
+	"rbac.authorization.k8s.io/v1/RoleBinding":         func() any { return &rbacv1.RoleBinding{} },
+	"storage.k8s.io/v1/CSIDriver":                      func() any { return &storagev1.CSIDriver{} },
+	"storage.k8s.io/v1/StorageClass":                   func() any { return &storagev1.StorageClass{} },
+	"snapshot.storage.k8s.io/v1/VolumeSnapshotClass":   func() any { return &snapv1.VolumeSnapshotClass{} },
+	"snapshot.storage.k8s.io/v1/VolumeSnapshot":        func() any { return &snapv1.VolumeSnapshot{} },
+	"apiextensions.k8s.io/v1/CustomResourceDefinition": func() any { return &apiextensionsv1.CustomResourceDefinition{} },
 }
 
 func main() {
