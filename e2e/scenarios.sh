@@ -17,6 +17,7 @@ SCENARIOS=(
   "replicated: online expansion (xfs) seen inside the running pod|s_replicated_grow"
   "replicated: snapshot of a volume in use, restore, clone; a local volume and its snapshot copied into replicated ones|s_replicated_copies"
   "replicated: a replica node's Warren killed (kill -9) mid-write: no I/O error, incremental rebuild, replicas identical|s_replicated_replica_killed"
+  "replicated: kubectl get replicatedvolumes shows the replicas, in sync, the engine's node, Detached when unstaged, gone with the PV|s_replicated_view"
   "reclaim Delete: nothing left behind|s_reclaim_delete"
   "reclaim Retain: the data is kept and can be bound again|s_reclaim_retain"
   "Warren killed (kill -9) while a volume is in use|s_node_restart"
@@ -528,4 +529,43 @@ s_no_loops_left() {
     fail "loop devices left on Warren images: ${left//$'\n'/; }"
   fi
   echo "no loop device left on a Warren image"
+}
+
+# wrv PV JSONPATH: a field of the ReplicatedVolume object of PV (empty when there is none).
+wrv() { k get replicatedvolumes "$1" -o "jsonpath=$2" 2>/dev/null; }
+
+s_replicated_view() {
+  pvc repv 64Mi warren-replicated
+  pod repv "$NODE1" repv 'echo up; sleep 3600'
+  wait_until "pod repv running" 120 pod_running repv
+  local pv handle holders listed
+  pv="$(pv_of repv)"
+  handle="$(k get pv "$pv" -o 'jsonpath={.spec.csi.volumeHandle}')"
+  holders="$(replica_nodes "$handle" | sort | tr '\n' ' ')"
+  # Staged on node 1: its engine's node writes the status.
+  healthy() {
+    [[ "$(wrv "$pv" '{.status.state}')" == Healthy && "$(wrv "$pv" '{.status.engineNode}')" == "$NODE1" &&
+      "$(wrv "$pv" '{.status.inSync}')" == 2 ]]
+  }
+  wait_until "ReplicatedVolume $pv Healthy, engine on $NODE1, 2 in sync" 60 healthy ||
+    fail "ReplicatedVolume $pv: $(k get replicatedvolumes "$pv" -o yaml 2>&1 | tail -40)"
+  listed="$(wrv "$pv" '{range .spec.replicas[*]}{.node}{"\n"}{end}' | sort | tr '\n' ' ')"
+  [[ $listed == "$holders" ]] || fail "ReplicatedVolume $pv lists replicas on '$listed', they are on '$holders'"
+  local states
+  states="$(wrv "$pv" '{range .status.replicas[*]}{.state}{" "}{end}')"
+  [[ $states == "InSync InSync " ]] || fail "replica states '$states', want both InSync"
+  [[ "$(wrv "$pv" '{.metadata.ownerReferences[0].uid}')" == "$(k get pv "$pv" -o 'jsonpath={.metadata.uid}')" ]] ||
+    fail "ReplicatedVolume $pv is not owned by its PV"
+  k get replicatedvolumes "$pv" >&2
+  # Unstaged: no engine runs, the replicas are still listed.
+  kn delete pod repv --wait=true >/dev/null
+  detached() { [[ "$(wrv "$pv" '{.status.state}')" == Detached && -z "$(wrv "$pv" '{.status.engineNode}')" ]]; }
+  wait_until "ReplicatedVolume $pv Detached" 60 detached || fail "ReplicatedVolume $pv: $(wrv "$pv" '{.status}')"
+  (($(wrv "$pv" '{range .status.replicas[*]}{.node}{"\n"}{end}' | grep -c .) == 2)) ||
+    fail "a Detached volume no longer shows its replicas: $(wrv "$pv" '{.status}')"
+  # The PV deleted: the garbage collector takes the object with it.
+  kn delete pvc repv --wait=true >/dev/null
+  wait_until "PV $pv deleted" 90 gone pv "$pv"
+  wait_until "ReplicatedVolume $pv deleted with its PV" 60 gone replicatedvolumes "$pv"
+  echo "ReplicatedVolume $pv: replicas on ${holders% }, Healthy with its engine on $NODE1, Detached when unstaged, deleted with its PV"
 }
