@@ -20,11 +20,12 @@ use tokio::sync::oneshot;
 use crate::auth::{client_handshake, Token};
 use crate::error::{Error, Result};
 use crate::locks::lock;
-use crate::messages::{GenerationChange, GrowRequest, OpenRequest};
+use crate::messages::{GenerationChange, GrowRequest, OpenRequest, SnapshotRequest};
 use crate::protocol::{
     pump_frames, read_frame, BodyCrc, Frame, Kind, Outgoing, Status, FLAG_FUA, SOCKET_BUFFER,
 };
 use crate::server::{serve_in_process, OpenVolume, ReplicaService};
+use crate::snapshots::SnapshotMeta;
 use crate::volume::ReplicaState;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -145,6 +146,11 @@ impl ReplicaClient {
     }
 
     async fn call(&self, frame: Frame) -> Result<Frame> {
+        self.call_within(frame, self.timeout).await
+    }
+
+    /// `call` with its own deadline, for a request that takes longer than I/O may.
+    async fn call_within(&self, frame: Frame, timeout: Duration) -> Result<Frame> {
         if self.is_failed() {
             return Err(self.unavailable("connection lost"));
         }
@@ -154,7 +160,10 @@ impl ReplicaClient {
                 pending,
                 next_id,
                 ..
-            } => self.call_tcp(requests, pending, next_id, frame).await,
+            } => {
+                self.call_tcp(requests, pending, next_id, frame, timeout)
+                    .await
+            }
             Link::InProcess {
                 service,
                 session,
@@ -172,7 +181,7 @@ impl ReplicaClient {
                     })?;
                     serve_in_process(&volume, *session, frame).await
                 };
-                match tokio::time::timeout(self.timeout, exchange).await {
+                match tokio::time::timeout(timeout, exchange).await {
                     Ok(reply) => reply,
                     Err(_) => {
                         self.failed.store(true, Ordering::Release);
@@ -189,6 +198,7 @@ impl ReplicaClient {
         pending: &Pending,
         next_id: &AtomicU64,
         mut frame: Frame,
+        timeout: Duration,
     ) -> Result<Frame> {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         frame.request_id = id;
@@ -201,7 +211,7 @@ impl ReplicaClient {
                 .map_err(|_| self.unavailable("connection lost"))?;
             rx.await.map_err(|_| self.unavailable("connection lost"))
         };
-        let reply = match tokio::time::timeout(self.timeout, exchange).await {
+        let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
                 lock(pending).remove(&id);
@@ -298,6 +308,19 @@ impl ReplicaClient {
         self.call(Frame::json(Kind::Grow, 0, &GrowRequest { size })?)
             .await?
             .parse_json()
+    }
+
+    /// Copies the open replica into a snapshot (`SnapshotRequest`) at generation `gen`,
+    /// waiting up to `timeout` (a copy without reflinks takes as long as its data).
+    pub async fn snapshot(
+        &self,
+        gen: u64,
+        request: &SnapshotRequest,
+        timeout: Duration,
+    ) -> Result<SnapshotMeta> {
+        let mut frame = Frame::json(Kind::Snapshot, 0, request)?;
+        frame.gen = gen;
+        self.call_within(frame, timeout).await?.parse_json()
     }
 
     pub async fn bitmap(&self) -> Result<(u64, Bytes)> {

@@ -32,6 +32,7 @@ use crate::target::BlockTarget;
 
 mod grow;
 mod io;
+mod snapshot;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaAddress {

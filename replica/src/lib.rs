@@ -20,6 +20,8 @@ mod nowait;
 pub mod plan;
 pub mod pool;
 pub mod protocol;
+pub mod seed;
 pub mod server;
+pub mod snapshots;
 pub mod volume;
 mod writeback;

@@ -26,3 +26,15 @@ pub struct GenerationChange {
     pub gen: u64,
     pub members: Vec<String>,
 }
+
+/// `Snapshot`: copy the open replica into the snapshot `name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: String,
+    /// Names the one point in the volume's write order the copies are taken at: every copy
+    /// an engine takes under one hold of its membership lock carries the same point.
+    pub point: String,
+    /// A copy of `name` at another point is replaced by one taken now (the engine
+    /// completing a set that an earlier, interrupted attempt began).
+    pub replace: bool,
+}

@@ -31,6 +31,11 @@ pub fn check_replica(name: &str) -> Result<()> {
     check("replica name", name)
 }
 
+/// A snapshot's name is a path component under the service's `.snapshots/` directory.
+pub fn check_snapshot(name: &str) -> Result<()> {
+    check("snapshot name", name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

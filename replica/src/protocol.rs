@@ -46,6 +46,9 @@ pub enum Kind {
     GetBitmap = 16,
     /// Grow the replica (`GrowRequest`): an engine growing its volume on the node's word.
     Grow = 17,
+    /// Copy the replica's data, as it is now, into a snapshot (`SnapshotRequest`): sent by
+    /// an engine holding its membership write lock, so no I/O is in flight.
+    Snapshot = 18,
     Read = 20,
     Write = 21,
     Flush = 22,
@@ -70,6 +73,7 @@ impl Kind {
             15 => Close,
             16 => GetBitmap,
             17 => Grow,
+            18 => Snapshot,
             20 => Read,
             21 => Write,
             22 => Flush,

@@ -22,9 +22,11 @@ use crate::messages::{GenerationChange, GrowRequest, OpenRequest};
 use crate::protocol::{
     pump_frames, read_frame, Frame, Kind, Outgoing, FLAG_FUA, MAX_BODY, MAX_IO, SOCKET_BUFFER,
 };
+use crate::snapshots::SnapshotStore;
 use crate::volume::ReplicaVolume;
 
 mod manage;
+mod snapshot;
 pub use manage::CreateOutcome;
 
 /// The largest volume served (64 TiB): its region bitmap must fit in one frame's body
@@ -41,6 +43,8 @@ pub struct ReplicaService {
     replica: String,
     token: Token,
     volumes: Mutex<HashMap<String, Arc<OpenVolume>>>,
+    /// The snapshot copies kept beside the replicas (`<root>/.snapshots/`).
+    snapshots: Arc<SnapshotStore>,
     sessions: AtomicU64,
     /// Bytes (in budget units) held by requests in service and replies not yet written,
     /// over all connections.
@@ -74,6 +78,8 @@ pub(crate) struct OpenVolume {
     volume: ReplicaVolume,
     /// The connection that may use the volume now.
     session: AtomicU64,
+    /// Where an engine's `Snapshot` request puts its copy.
+    snapshots: Arc<SnapshotStore>,
 }
 
 impl ReplicaService {
@@ -99,12 +105,14 @@ impl ReplicaService {
                 return Err(Error::io(format!("lock {}", lock_path.display()))(e))
             }
         }
+        let snapshots = SnapshotStore::open(&root)?;
         Ok(Arc::new(Self {
             root,
             _root_lock: root_lock,
             replica,
             token,
             volumes: Mutex::new(HashMap::new()),
+            snapshots,
             sessions: AtomicU64::new(1),
             held: Arc::new(AtomicUsize::new(0)),
         }))
@@ -253,46 +261,94 @@ impl ReplicaService {
                 request.size
             )));
         }
-        let existing = lock(&self.volumes).get(&request.volume).cloned();
+        // While the replica is being copied into a snapshot outside any engine
+        // (`snapshot_replica`), an open waits for the copy, a bounded time: an engine
+        // never writes while a copy runs. The check and taking the volume happen under the
+        // table's lock, as the copy's own check does, so neither can slip past the other.
+        let deadline = std::time::Instant::now() + COPY_WAIT;
+        let mut opened: Option<ReplicaVolume> = None;
+        let volume = loop {
+            let found = {
+                let mut volumes = lock(&self.volumes);
+                if self.snapshots.is_copying(&request.volume) {
+                    Found::Copying
+                } else if let Some(volume) = volumes.get(&request.volume) {
+                    Found::Open(volume.clone())
+                } else if let Some(opened) = opened.take() {
+                    // Two connections may race to open it: the first one's files win.
+                    Found::Open(
+                        volumes
+                            .entry(request.volume.clone())
+                            .or_insert_with(|| self.open_volume(opened))
+                            .clone(),
+                    )
+                } else {
+                    Found::Closed
+                }
+            };
+            match found {
+                Found::Open(volume) => break volume,
+                Found::Closed => {
+                    let (root, replica) = (self.root.clone(), self.replica.clone());
+                    let req = request.clone();
+                    opened = Some(
+                        tokio::task::spawn_blocking(move || {
+                            ReplicaVolume::open(&root, &replica, &req.volume, req.size, req.create)
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??,
+                    );
+                }
+                Found::Copying if std::time::Instant::now() >= deadline => {
+                    return Err(Error::Busy(format!(
+                        "the replica of {} is being copied into a snapshot; retry",
+                        request.volume
+                    )))
+                }
+                Found::Copying => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
         // An open asks for at least `size` bytes and learns the replica's own size from
         // the reply: a grown replica is still found by an engine that knows the older
         // size (see `ReplicaVolume::open`).
-        let volume = match existing {
-            Some(volume) if volume.volume.size() >= request.size => volume,
-            Some(volume) => {
-                return Err(Error::InvalidArgument(format!(
-                    "replica of {} has {} bytes, fewer than {}",
-                    request.volume,
-                    volume.volume.size(),
-                    request.size
-                )))
-            }
-            None => {
-                let (root, replica) = (self.root.clone(), self.replica.clone());
-                let req = request.clone();
-                let opened = tokio::task::spawn_blocking(move || {
-                    ReplicaVolume::open(&root, &replica, &req.volume, req.size, req.create)
-                })
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-                let mut volumes = lock(&self.volumes);
-                // Two connections may race to open it: the first one's files win.
-                volumes
-                    .entry(request.volume.clone())
-                    .or_insert_with(|| {
-                        Arc::new(OpenVolume {
-                            volume: opened,
-                            session: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
-            }
-        };
+        if volume.volume.size() < request.size {
+            return Err(Error::InvalidArgument(format!(
+                "replica of {} has {} bytes, fewer than {}",
+                request.volume,
+                volume.volume.size(),
+                request.size
+            )));
+        }
         let previous = volume.session.swap(session, Ordering::AcqRel);
         if previous != 0 && previous != session {
             tracing::warn!(volume = %request.volume, "a new engine took the volume over");
         }
         Ok(volume)
+    }
+}
+
+/// How long an `Open` waits for a snapshot copy of its replica before it is refused
+/// (`Busy`, which an engine's start treats as "not yet" and retries): below the engines'
+/// default request timeout (5 s), so the refusal, not a timeout, is what they see.
+const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What `open` found of a volume in the table.
+enum Found {
+    Open(Arc<OpenVolume>),
+    /// Not open: its files are to be opened.
+    Closed,
+    /// Being copied into a snapshot.
+    Copying,
+}
+
+impl ReplicaService {
+    /// A replica this service opened, as the table keeps it.
+    fn open_volume(&self, volume: ReplicaVolume) -> Arc<OpenVolume> {
+        Arc::new(OpenVolume {
+            volume,
+            session: AtomicU64::new(0),
+            snapshots: self.snapshots.clone(),
+        })
     }
 }
 
@@ -365,6 +421,9 @@ fn handle(open: &OpenVolume, session: u64, frame: Frame) -> Result<Frame> {
         return Err(Error::Fenced(
             "another engine has opened this volume since".into(),
         ));
+    }
+    if frame.kind == Kind::Snapshot {
+        return snapshot::take_for_engine(open, &frame);
     }
     execute(&open.volume, frame)
 }

@@ -445,6 +445,7 @@ impl ReplicaVolume {
 }
 
 mod grow;
+mod snapshot;
 
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,7 @@ impl Rng {
     }
 }
 
-const KINDS: [Kind; 17] = [
+const KINDS: [Kind; 18] = [
     Kind::Hello,
     Kind::Challenge,
     Kind::Auth,
@@ -47,6 +47,7 @@ const KINDS: [Kind; 17] = [
     Kind::Close,
     Kind::GetBitmap,
     Kind::Grow,
+    Kind::Snapshot,
     Kind::Read,
     Kind::Write,
     Kind::Flush,
@@ -172,7 +173,7 @@ fn reference(buf: &[u8]) -> Expect {
         return Expect::NeedMore;
     }
     let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().unwrap());
-    let known_kind = matches!(buf[4], 1..=4 | 10..=17 | 20..=23 | 100);
+    let known_kind = matches!(buf[4], 1..=4 | 10..=18 | 20..=23 | 100);
     let body_len = u32_at(32) as usize;
     if u32_at(0) != MAGIC || !known_kind || body_len > MAX_BODY {
         return Expect::Refused;

@@ -7,7 +7,6 @@
 //! holds it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ pub enum CreateOutcome {
 
 /// How long `remove_replica` waits for the last holder of a replica to let go: an engine
 /// that just closed drops its connection at once, but the service notices a moment later.
-const RELEASE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const RELEASE_GRACE: Duration = Duration::from_secs(1);
 
 /// A replica being removed is first renamed to this (not a valid volume name: it starts
 /// with '.'), so a crash halfway leaves nothing an engine could open, and a retry finishes.
@@ -40,7 +39,7 @@ fn removing_dir(root: &Path, volume: &str) -> PathBuf {
 
 /// A replica's metadata on disk; `None` when there is none (never made, or a creation
 /// that stopped before its metadata, which `ReplicaVolume::open` makes again).
-fn read_state(dir: &Path) -> Result<Option<ReplicaState>> {
+pub(super) fn read_state(dir: &Path) -> Result<Option<ReplicaState>> {
     let path = dir.join("meta.json");
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -51,7 +50,9 @@ fn read_state(dir: &Path) -> Result<Option<ReplicaState>> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -199,15 +200,10 @@ impl ReplicaService {
     /// Puts a replica this call opened into the table of open volumes, so an engine's
     /// `Open` finds this same replica, never a second copy of its files; if an engine's
     /// `Open` raced this call, the one already there wins.
-    fn keep_open(&self, volume: &str, opened: ReplicaVolume) -> Arc<OpenVolume> {
+    pub(super) fn keep_open(&self, volume: &str, opened: ReplicaVolume) -> Arc<OpenVolume> {
         lock(&self.volumes)
             .entry(volume.to_string())
-            .or_insert_with(|| {
-                Arc::new(OpenVolume {
-                    volume: opened,
-                    session: AtomicU64::new(0),
-                })
-            })
+            .or_insert_with(|| self.open_volume(opened))
             .clone()
     }
 
