@@ -27,14 +27,23 @@ const OBJECT_ROUND: Duration = Duration::from_secs(10);
 /// How often the status writer reads its engines (memory only) and writes what changed.
 const STATUS_ROUND: Duration = Duration::from_secs(5);
 
-/// Whether the CRD is installed. Without it (a chart from before it) there is nothing to
-/// keep: said once, and the loops end.
-async fn installed(api: &Api<ReplicatedVolume>) -> bool {
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::info!(error = %e, "ReplicatedVolume objects are off: the CRD replicatedvolumes.warren.csi.dev is not installed (or not readable)");
-            false
+/// Waits until the CRD is installed (it may be applied with Warren, and established a
+/// moment after Warren starts; or never, with a chart from before it): said once, then
+/// looked for again every 30 s. False on `stop`.
+async fn installed(api: &Api<ReplicatedVolume>, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut said = false;
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return true,
+            Err(e) if !said => {
+                said = true;
+                tracing::info!(error = %e, "ReplicatedVolume objects wait for their CRD (replicatedvolumes.warren.csi.dev) to be installed and readable");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.wait_for(|s| *s) => return false,
         }
     }
 }
@@ -66,7 +75,7 @@ pub async fn keep_objects(
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<ReplicatedVolume> = Api::all(client.clone());
-    if !installed(&api).await {
+    if !installed(&api, &mut stop).await {
         return;
     }
     let (pvs, fill_pvs) = watched(Api::<PersistentVolume>::all(client));
@@ -156,7 +165,7 @@ pub async fn write_statuses<F, Fut>(
     Fut: Future<Output = Vec<EngineView>>,
 {
     let api: Api<ReplicatedVolume> = Api::all(client);
-    if !installed(&api).await {
+    if !installed(&api, &mut stop).await {
         return;
     }
     let (objects, fill_objects) = watched(api.clone());
