@@ -109,8 +109,13 @@ impl SnapshotStore {
     /// the root's lock.
     pub(crate) fn open(root: &Path) -> Result<Arc<Self>> {
         let dir = root.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        for entry in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+        // Made by the first copy: a service that never takes one leaves its root as it was.
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(io_err("list", &dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -206,6 +211,7 @@ impl SnapshotStore {
             self.remove(take.name)?;
         }
         let work = self.dir.join(format!("{TAKING}{}", take.name));
+        std::fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         remove_dir(&work)?;
         std::fs::create_dir(&work).map_err(io_err("create", &work))?;
         let made = (|| {
