@@ -77,9 +77,12 @@ pub async fn seed_from_file(mut config: EngineConfig, source: &Path) -> Result<S
 
 /// Writes every chunk of `extents` that holds a non-zero byte; returns the bytes written.
 async fn write_extents(engine: &Engine, file: Arc<File>, extents: &[(u64, u64)]) -> Result<u64> {
-    let chunks = extents
+    // Listed up front (16 bytes a MiB): a stream over a borrowing iterator makes a
+    // future that is not `Send` for every caller (an `async_trait` method, say).
+    let chunks: Vec<(u64, u64)> = extents
         .iter()
-        .flat_map(|&(start, end)| chunks_of(start, end));
+        .flat_map(|&(start, end)| chunks_of(start, end))
+        .collect();
     stream::iter(chunks)
         .map(|(offset, len)| {
             let file = file.clone();

@@ -3,6 +3,9 @@
 //! - `host.rs`: the node's replica service, serving the replicas it keeps to every engine;
 //! - `store.rs`: the controller's replica calls (create, delete, expand, get) on that
 //!   service;
+//! - `snapshot.rs`: snapshots of replicated volumes (through the engine, of a replica on
+//!   its own, deleting a copy);
+//! - `seed.rs`: filling a new replicated volume from a snapshot or a local image;
 //! - `device.rs`: the kernel block device a frontend makes of an engine;
 //! - `running.rs`: the engines of the volumes staged on this node, one per volume;
 //! - `stage.rs`: NodeStage/NodeUnstage (start the engine, attach, format, mount);
@@ -16,6 +19,8 @@ pub mod device;
 mod expand;
 mod host;
 mod running;
+mod seed;
+mod snapshot;
 mod stage;
 mod store;
 

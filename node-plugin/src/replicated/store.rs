@@ -1,28 +1,44 @@
 //! `ReplicatingStore`: the node's storage as the controller reaches it, with this node's
-//! replicas of replicated volumes served by its `ReplicaHost`. Everything else is the
-//! inner store's.
+//! replicas of replicated volumes served by its `ReplicaHost`, and their snapshots and
+//! seeding (`snapshot.rs`, `seed.rs`). Everything else is the inner store's.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use warren_core::ids::{Layout, ReplicatedVolumeId, SnapshotId, VolumeId};
+use warren_core::ids::{Layout, ReplicatedSnapshotId, ReplicatedVolumeId, SnapshotId, VolumeId};
 use warren_core::storage::{
-    Capacity, NodeStorage, ReplicaInfo, ReplicaSpec, SnapshotInfo, VolumeInfo, VolumeSpec,
+    Capacity, NodeStorage, ReplicaInfo, ReplicaSnapshotInfo, ReplicaSpec, SeedReport, SeedSource,
+    SeedTarget, SnapshotInfo, VolumeInfo, VolumeSpec,
 };
 use warren_core::{Error as CoreError, Result};
 use warren_replica::server::CreateOutcome;
 use warren_replica::volume::ReplicaState;
 
-use super::{replica_error, ReplicaHost};
+use super::seed::Seeder;
+use super::{replica_error, snapshot, ReplicaHost};
+use crate::local::LocalStore;
 
 pub struct ReplicatingStore {
     inner: Arc<dyn NodeStorage>,
     host: Option<Arc<ReplicaHost>>,
+    /// The node's local volumes, read as files when one seeds a replicated volume.
+    local: Option<LocalStore>,
 }
 
 impl ReplicatingStore {
     pub fn new(inner: Arc<dyn NodeStorage>, host: Option<Arc<ReplicaHost>>) -> Self {
-        ReplicatingStore { inner, host }
+        ReplicatingStore {
+            inner,
+            host,
+            local: None,
+        }
+    }
+
+    /// Lets seeds read this node's local volumes and snapshots (a local volume copied
+    /// into a replicated class); without it such a source is NOT_FOUND here.
+    pub fn with_local(mut self, local: LocalStore) -> Self {
+        self.local = Some(local);
+        self
     }
 }
 
@@ -153,6 +169,45 @@ impl NodeStorage for ReplicatingStore {
                 other => replica_error(other),
             })?;
         Ok(replica_info(volume, host, state))
+    }
+
+    async fn snapshot_through_engine(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<Vec<ReplicaSnapshotInfo>> {
+        let Some(host) = &self.host else {
+            return self.inner.snapshot_through_engine(snapshot).await;
+        };
+        Ok(snapshot::through_engine(host, snapshot).await?)
+    }
+
+    async fn snapshot_replica(
+        &self,
+        snapshot: ReplicatedSnapshotId,
+    ) -> Result<ReplicaSnapshotInfo> {
+        let Some(host) = &self.host else {
+            return self.inner.snapshot_replica(snapshot).await;
+        };
+        Ok(snapshot::of_replica(host, snapshot).await?)
+    }
+
+    async fn delete_replica_snapshot(&self, snapshot: ReplicatedSnapshotId) -> Result<()> {
+        let Some(host) = &self.host else {
+            return self.inner.delete_replica_snapshot(snapshot).await;
+        };
+        Ok(snapshot::delete(host, snapshot).await?)
+    }
+
+    async fn seed_replicated(&self, target: SeedTarget, source: SeedSource) -> Result<SeedReport> {
+        let Some(host) = &self.host else {
+            return self.inner.seed_replicated(target, source).await;
+        };
+        let seeder = Seeder {
+            host,
+            local: self.local.as_ref(),
+            inner: &self.inner,
+        };
+        Ok(seeder.seed(target, source).await?)
     }
 
     async fn get_replica(&self, volume: ReplicatedVolumeId) -> Result<ReplicaInfo> {

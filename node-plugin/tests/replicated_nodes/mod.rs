@@ -63,6 +63,8 @@ pub struct TestNode {
     pub host: Arc<ReplicaHost>,
     pub store: ReplicatingStore,
     pub service: NodeService,
+    /// The node's local volumes (what its store seeds replicated volumes from).
+    pub local: LocalStore,
 }
 
 impl TestNode {
@@ -82,9 +84,10 @@ impl TestNode {
         )
         .await
         .unwrap();
-        let store = ReplicatingStore::new(Arc::new(local.clone()), Some(host.clone()));
+        let store = ReplicatingStore::new(Arc::new(local.clone()), Some(host.clone()))
+            .with_local(local.clone());
         let service = NodeService::new(
-            local,
+            local.clone(),
             Arc::new(SystemMounter),
             kubelet.clone(),
             Default::default(),
@@ -97,6 +100,7 @@ impl TestNode {
             host,
             store,
             service,
+            local,
         }
     }
 
