@@ -16,8 +16,8 @@ use crate::snapshots::{SnapshotMeta, Take};
 use crate::volume::ReplicaVolume;
 
 /// An engine's `Snapshot` request: copies the replica at the engine's generation. The
-/// engine holds its membership write lock, so none of its I/O is in flight; the
-/// replica's own lock keeps out anything else while the copy runs.
+/// engine holds its membership write lock, so none of its I/O is in flight, and the
+/// replica's state is held still while the copy runs (`with_data_still`).
 pub(super) fn take_for_engine(open: &OpenVolume, frame: &Frame) -> Result<Frame> {
     let request: SnapshotRequest = frame.parse_json()?;
     let _claim = open.snapshots.claim_name(&request.name)?;

@@ -1,23 +1,29 @@
-//! Reading a replica's data file whole, with its I/O kept out: what a snapshot copy needs.
+//! Reading a replica's data file whole, as a snapshot copy does.
 
 use std::fs::File;
 
 use super::ReplicaVolume;
 use crate::error::Result;
-use crate::locks::write;
+use crate::locks::read;
 use crate::volume::ReplicaState;
 
 impl ReplicaVolume {
-    /// Runs `copy` on the data file while no read, write, discard or flush of this
-    /// replica runs (each holds the state's lock shared across its generation check and
-    /// its I/O; this holds it exclusively), after checking that the replica is at `gen`
-    /// when one is given (an engine's snapshot: a fenced engine's copy is refused).
+    /// Runs `copy` on the data file with the replica's state held still (no commit,
+    /// growth, close or checkpoint until it returns; reading the state stays possible,
+    /// so a status call never waits for a copy), after checking that the replica is at
+    /// `gen` when one is given (an engine's snapshot: a copy for an engine that has been
+    /// fenced is refused).
+    ///
+    /// No I/O runs meanwhile, by the callers' guarantees: an engine's snapshot holds its
+    /// membership write lock (none of its I/O is in flight, and any older engine's is
+    /// refused by generation since this engine's first commit), and a copy outside an
+    /// engine runs only while no session holds the replica and `Open`s wait.
     pub(crate) fn with_data_still<T>(
         &self,
         gen: Option<u64>,
         copy: impl FnOnce(&File, &ReplicaState) -> Result<T>,
     ) -> Result<T> {
-        let state = write(&self.state);
+        let state = read(&self.state);
         if let Some(gen) = gen {
             self.check_gen(&state, gen)?;
         }
