@@ -32,7 +32,10 @@ pub async fn build(
 ) -> Result<NodeStorageStack> {
     let sharing: Arc<dyn NodeStorage> = sharing_store(node, store).await?;
     let replicas = replica_host(node, cluster_token).await?;
-    let storage = Arc::new(ReplicatingStore::new(sharing, replicas.clone()));
+    // Local image volumes and their snapshots can be copied into replicated volumes
+    // (restore or clone across kinds): the seed reads them from this store.
+    let storage =
+        Arc::new(ReplicatingStore::new(sharing, replicas.clone()).with_local(store.clone()));
     Ok(NodeStorageStack { storage, replicas })
 }
 
