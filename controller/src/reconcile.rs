@@ -116,10 +116,11 @@ impl ControllerService {
             }
             // Undoing a `Creating` volume and finishing a `Deleting` one are the same
             // work: every recorded node's replica goes, then the record.
-            let result = self
-                .remove_replicas(&rec)
-                .await
-                .and_then(|()| self.records().remove_replicated(&rec.id.key));
+            let mut result = self.remove_replicas(&rec).await;
+            if result.is_ok() && rec.state == State::Creating {
+                result = self.remove_seed_leftovers(&rec).await;
+            }
+            let result = result.and_then(|()| self.records().remove_replicated(&rec.id.key));
             report.count(rec.state, result, "replicated volume", rec.id.to_string());
         }
         for stale in self.records().replicated_snapshots() {

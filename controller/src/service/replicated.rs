@@ -177,7 +177,11 @@ impl ControllerService {
                 // Kept `Creating`: a retry seeds again, or reconciliation undoes it.
                 Err(e @ (Error::Unavailable(_) | Error::Aborted(_))) => return Err(e),
                 Err(e) => {
-                    match self.remove_replicas(&rec).await {
+                    let undo = match self.remove_replicas(&rec).await {
+                        Ok(()) => self.remove_seed_leftovers(&rec).await,
+                        Err(e) => Err(e),
+                    };
+                    match undo {
                         Ok(()) => self.records().remove_replicated(&rec.id.key)?,
                         Err(undo) => tracing::warn!(volume = %rec.id, error = %undo,
                             "could not undo a volume whose seed failed yet; reconciliation will"),

@@ -144,6 +144,22 @@ impl ControllerService {
         }
     }
 
+    /// What an abandoned seed may leave on the source's node: a local volume is copied
+    /// from a point-in-time local snapshot its node makes for the seed
+    /// (`snap#image#<node>#<new volume key>`) and keeps until the seed succeeds, so that a
+    /// retry copies the same point. Removed when the new volume is undone.
+    pub(crate) async fn remove_seed_leftovers(&self, rec: &ReplicatedRecord) -> Result<()> {
+        let Some(ReplicatedSource::LocalVolume(source)) = &rec.source else {
+            return Ok(());
+        };
+        let temporary = SnapshotId::new(Layout::Image, &source.node, rec.id.key.clone());
+        self.nodes()
+            .get(&source.node)?
+            .delete_snapshot(temporary)
+            .await
+            .map_err(|e| from_node(&source.node, e))
+    }
+
     /// Seeds from one copy of the snapshot: the first node that keeps one and answers.
     async fn seed_from_snapshot(
         &self,
