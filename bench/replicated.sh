@@ -8,6 +8,9 @@
 # sanity-tests' split() does), each with its own storage root, agent and replica service;
 # n1 is the pod's node. BENCH_PHASES=latency,rss,io picks parts; BENCH_NO_BUILD=1 skips
 # the build; BENCH_WAIT_STEPS=0 skips the wait for a quiet machine (smoke runs).
+# BENCH_IO_VOLUME_MIB (I/O volume size) and BENCH_SMAPS=1 (largest mappings by RSS) reach
+# the binary (see its header). The same benchmark through ublk and NBD, in kernel-lab
+# guests: lab/bench-replicated.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-30}

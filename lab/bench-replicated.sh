@@ -23,6 +23,7 @@
 # Environment: LAB_BENCH_FRONTENDS (default "ublk nbd"; add fuse for the guest's FUSE
 # path), BENCH_PHASES (latency,rss,io), BENCH_IO_VOLUME_MIB (default 256 here: the I/O
 # file is half of it), LAB_BENCH_KERNEL (6.12), LAB_BENCH_MEM (2048), LAB_BENCH_SMP (2),
+# BENCH_SMAPS=1 (each node's largest mappings by RSS with the 10 volumes staged),
 # LAB_BENCH_TIMEOUT (seconds per guest, 3600), BENCH_NO_BUILD=1 skips the release build,
 # LAB_BENCH_BIN takes `warren` and `replicated-csi-bench` from another directory (with
 # BENCH_NO_BUILD=1: a build of another tree).
@@ -52,7 +53,7 @@ storage=$storage
 count=$count io_seconds=$io_seconds reps=$reps
 export BENCH_PHASES=${BENCH_PHASES:-latency,rss,io}
 export BENCH_IO_VOLUME_MIB=${BENCH_IO_VOLUME_MIB:-256}
-export BENCH_WAIT_STEPS=0
+export BENCH_WAIT_STEPS=0 BENCH_SMAPS=${BENCH_SMAPS:-}
 EOF
 cat >>"$work/guest.sh" <<'EOF'
 set -u
@@ -150,7 +151,7 @@ for f in $frontends; do
     --copy "$work/frontend:/lab/frontend" "${copies[@]}" \
     --script "$work/guest.sh" --log "$out/$f.log" >/dev/null || rc=$?
   # The bench's tables and the guest's own lines, without the kernel's.
-  tr -d '\r' <"$out/$f.log" | grep -E '^(\||#|guest:|frontends|pod|run-guest|benchmark)' || true
+  tr -d '\r' <"$out/$f.log" | grep -E '^(\||#|- |guest:|frontends|pod|run-guest|benchmark|n[123].s largest)' || true
   if [ $rc != 0 ]; then
     echo "frontend $f FAILED (exit $rc), console log $out/$f.log" >&2
     failed=$((failed + 1))

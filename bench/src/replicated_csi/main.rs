@@ -10,6 +10,7 @@
 //! BENCH_PHASES=latency,rss,io (default all three) picks the parts to run.
 //! BENCH_IO_VOLUME_MIB (default 1024) sizes the I/O runs' volume; their file is half of
 //! it. Smaller values are for slow machines (the kernel lab's emulated guests).
+//! BENCH_SMAPS=1 also prints each node's largest mappings by RSS with 10 volumes staged.
 
 mod csi;
 mod dio;
@@ -75,6 +76,47 @@ async fn idle_report(what: &str, nodes: &[(String, u32)], idle: Duration) {
             t1.saturating_sub(t0) as f64 / idle.as_secs_f64(),
             idle.as_secs()
         );
+    }
+}
+
+/// The `n` mappings of a process with the most resident memory, from /proc/PID/smaps:
+/// where the RSS is (BENCH_SMAPS=1 prints them with the RSS tables).
+fn largest_mappings(pid: u32, n: usize) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut maps: Vec<(u64, String)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first == "Rss:" {
+            if let (Some(last), Some(kib)) = (maps.last_mut(), words.next()) {
+                last.0 = kib.parse().unwrap_or(0);
+            }
+        } else if let Some((from, to)) = first.split_once('-') {
+            // A mapping's header: "from-to perms offset dev inode [path]".
+            let (Ok(from), Ok(to)) = (u64::from_str_radix(from, 16), u64::from_str_radix(to, 16))
+            else {
+                continue;
+            };
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            maps.push((0, format!("{} KiB {path}", (to - from) >> 10)));
+        }
+    }
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
+    maps.into_iter()
+        .take(n)
+        .map(|(rss, what)| format!("{rss} KiB resident of {what}"))
+        .collect()
+}
+
+fn print_largest_mappings(nodes: &[(String, u32)]) {
+    if std::env::var("BENCH_SMAPS").map_or(true, |v| v.is_empty()) {
+        return;
+    }
+    for (name, pid) in nodes {
+        println!("\n{name}'s largest mappings by RSS:");
+        for m in largest_mappings(*pid, 12) {
+            println!("- {m}");
+        }
     }
 }
 
@@ -216,6 +258,7 @@ async fn main() -> Result<(), BoxError> {
             Duration::from_secs(10),
         )
         .await;
+        print_largest_mappings(&nodes);
     }
     let io_result = if phases.contains("io") {
         io(&mut csi, &classes, io_volume_mib, io_secs, reps).await
