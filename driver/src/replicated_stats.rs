@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use warren_node::replicated::{ReplicaHost, StagedVolume};
-use warren_replica::heal::{rebuilds_in_progress, RebuildProgress};
+use warren_replica::heal::RebuildProgress;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VolumeLabels {
@@ -128,7 +128,7 @@ impl ReplicatedGauges {
         let staged = host.staged().await;
         let progress: HashMap<String, Vec<RebuildProgress>> = staged
             .iter()
-            .map(|v| (v.volume.clone(), rebuilds_in_progress(&v.volume)))
+            .map(|v| (v.volume.clone(), v.status.rebuilds.clone()))
             .collect();
         self.record(&staged, &progress, Instant::now()).await;
     }
@@ -220,6 +220,7 @@ mod tests {
                 rebuilding: vec![],
                 failed: None,
                 last_rebuild: None,
+                rebuilds: vec![],
             },
         }
     }

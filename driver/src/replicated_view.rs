@@ -12,7 +12,7 @@ use warren_kube::replicated_view::{
     RebuildView,
 };
 use warren_node::replicated::{ReplicaHost, StagedVolume};
-use warren_replica::heal::{rebuilds_in_progress, RebuildProgress};
+use warren_replica::heal::RebuildProgress;
 
 /// Writes the status of the volumes whose engines run on this node, until `stop`.
 pub fn spawn_status_writer(host: Arc<ReplicaHost>, node: String, stop: watch::Receiver<bool>) {
@@ -43,7 +43,7 @@ async fn engine_views(host: &ReplicaHost) -> Vec<EngineView> {
     host.staged()
         .await
         .iter()
-        .map(|v| view_of(v, &rebuilds_in_progress(&v.volume)))
+        .map(|v| view_of(v, &v.status.rebuilds))
         .collect()
 }
 
@@ -105,6 +105,7 @@ mod tests {
                     bytes: 2 << 20,
                     elapsed: Duration::from_micros(1_234_567),
                 }),
+                rebuilds: vec![],
             },
         };
         let progress = [RebuildProgress {

@@ -102,6 +102,8 @@ pub struct EngineStatus {
     pub rebuilding: Vec<String>,
     pub failed: Option<String>,
     pub last_rebuild: Option<crate::heal::RebuildStats>,
+    /// The rebuilds running now, with their progress, oldest first.
+    pub rebuilds: Vec<crate::heal::RebuildProgress>,
 }
 
 pub struct Engine {
@@ -125,6 +127,8 @@ pub struct Engine {
     stopped: AtomicBool,
     pub(crate) rebuilding_now: AtomicBool,
     pub(crate) last_rebuild: Mutex<Option<crate::heal::RebuildStats>>,
+    /// The rebuilds running now (`heal.rs` puts them there for as long as they run).
+    pub(crate) rebuilds: crate::heal::RebuildBoard,
 }
 
 const STRIPES: usize = 256;
@@ -219,6 +223,7 @@ impl Engine {
             stopped: AtomicBool::new(false),
             rebuilding_now: AtomicBool::new(false),
             last_rebuild: Mutex::new(None),
+            rebuilds: Default::default(),
         });
         if plan.resync {
             engine.resync().await?;
@@ -293,6 +298,7 @@ impl Engine {
                 .collect(),
             failed: lock(&self.failure).clone(),
             last_rebuild: *lock(&self.last_rebuild),
+            rebuilds: self.rebuilds.view(),
         }
     }
 

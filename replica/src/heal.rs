@@ -13,7 +13,8 @@
 //!
 //! The copy is rate-limited (`rebuild_rate`); the volume's own I/O only waits for the one
 //! region being copied. While it runs, its progress (bytes copied of bytes to copy) is on
-//! a board status readers see (`rebuild_progress.rs`).
+//! its engine's board, which status readers see in `EngineStatus::rebuilds`
+//! (`rebuild_progress.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +33,8 @@ use crate::target::BlockTarget;
 
 mod rebuild_progress;
 use rebuild_progress::OnBoard;
-pub use rebuild_progress::{rebuilds_in_progress, RebuildProgress};
+pub(crate) use rebuild_progress::RebuildBoard;
+pub use rebuild_progress::RebuildProgress;
 
 /// Regions copied at once: enough to keep both replicas' disks and the network busy.
 const COPY_PARALLELISM: usize = 4;
@@ -139,7 +141,7 @@ pub async fn rebuild(engine: &Arc<Engine>, address: &ReplicaAddress) -> Result<R
     engine.rebuilding_now.store(true, Ordering::Release);
     // On the board from the moment it takes writes until this function returns.
     let to_copy = copy.iter().map(|region| engine.region_span(region).1).sum();
-    let progress = OnBoard::new(engine, &address.replica, incremental, to_copy);
+    let progress = OnBoard::new(&engine.rebuilds, &address.replica, incremental, to_copy);
     drop(membership);
     tracing::info!(volume = %engine.config.volume, replica = %address.replica, incremental, regions = copy.count(), "rebuild started");
 
@@ -170,7 +172,7 @@ async fn copy_regions(
     target: &Arc<ReplicaClient>,
     copy: &RegionBitmap,
     started: Instant,
-    progress: &OnBoard,
+    progress: &OnBoard<'_>,
 ) -> Result<u64> {
     let rate = engine.config.rebuild_rate;
     stream::iter(copy.iter().map(Ok::<u64, Error>))

@@ -6,7 +6,6 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use warren_replica::engine::Engine;
-use warren_replica::heal::rebuilds_in_progress;
 use warren_replica::BlockTarget;
 
 const MIB: u64 = 1 << 20;
@@ -53,12 +52,12 @@ async fn a_running_rebuild_shows_bytes_copied_of_bytes_to_copy_until_it_is_in_sy
             assert_eq!(p.replica, "r1");
             assert_eq!(p.bytes_total, 32 * MIB, "{p:?}");
             assert!(p.bytes_done <= p.bytes_total, "{p:?}");
-            let by_name = rebuilds_in_progress("progress");
+            let in_status = engine.status().await.rebuilds;
             assert!(
-                by_name.len() == 1
-                    && by_name[0].replica == "r1"
-                    && by_name[0].bytes_total == p.bytes_total,
-                "found by volume name too: {by_name:?}"
+                in_status.len() == 1
+                    && in_status[0].replica == "r1"
+                    && in_status[0].bytes_total == p.bytes_total,
+                "in the engine's status too: {in_status:?}"
             );
             samples.push(p.bytes_done);
         }
@@ -78,7 +77,7 @@ async fn a_running_rebuild_shows_bytes_copied_of_bytes_to_copy_until_it_is_in_sy
     );
     // Back in sync: off the board; the finished rebuild copied what it said it would.
     eventually(5, "the rebuild leaves the board", || async {
-        engine.rebuild_progress().is_empty() && rebuilds_in_progress("progress").is_empty()
+        engine.rebuild_progress().is_empty() && engine.status().await.rebuilds.is_empty()
     })
     .await;
     let last = engine.status().await.last_rebuild.unwrap();

@@ -49,6 +49,7 @@ mod tests {
             rebuilding: rebuilding.iter().map(|s| s.to_string()).collect(),
             failed: failed.map(str::to_string),
             last_rebuild: None,
+            rebuilds: vec![],
         }
     }
 

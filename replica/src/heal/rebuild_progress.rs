@@ -3,18 +3,15 @@
 //! shows) read it as often as they like; a rebuild only adds to one atomic counter per
 //! region copied, never takes a lock for it.
 //!
-//! Why a board of its own rather than a field of the engine: a rebuild registers itself
-//! for exactly as long as it runs (its `OnBoard` entry leaves when the rebuild ends, by
-//! success, failure or the engine closing), so a reader can never see a finished or
-//! abandoned rebuild as running. It is looked up by engine (`Engine::rebuild_progress`)
-//! or by volume name (`rebuilds_in_progress`, for readers that see a volume's status but
-//! not its engine).
+//! Each engine keeps its own board (`Engine::rebuilds`, seen in `EngineStatus::rebuilds`).
+//! A rebuild is on it for exactly as long as it runs (its `OnBoard` entry leaves when the
+//! rebuild ends, by success, failure or the engine closing), so a reader can never see a
+//! finished or abandoned rebuild as running.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::Engine;
 use crate::locks::lock;
 
 /// One rebuild in progress.
@@ -45,10 +42,6 @@ impl RebuildProgress {
 
 struct Running {
     id: u64,
-    /// The engine's address: which engine the rebuild belongs to (the entry holds no
-    /// reference, and leaves before the rebuild lets its engine go).
-    engine: usize,
-    volume: String,
     replica: String,
     incremental: bool,
     total: u64,
@@ -68,39 +61,45 @@ impl Running {
     }
 }
 
-static BOARD: Mutex<Vec<Running>> = Mutex::new(Vec::new());
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-fn engine_key(engine: &Engine) -> usize {
-    std::ptr::from_ref(engine) as usize
+/// The rebuilds one engine runs.
+#[derive(Default)]
+pub(crate) struct RebuildBoard {
+    running: Mutex<Vec<Running>>,
+    next_id: AtomicU64,
 }
 
-/// A rebuild's place on the board, for as long as it lives.
-pub(crate) struct OnBoard {
+impl RebuildBoard {
+    /// The rebuilds running now, oldest first.
+    pub(crate) fn view(&self) -> Vec<RebuildProgress> {
+        lock(&self.running).iter().map(Running::view).collect()
+    }
+}
+
+/// A rebuild's place on its engine's board, for as long as it lives.
+pub(crate) struct OnBoard<'a> {
+    board: &'a RebuildBoard,
     id: u64,
     done: Arc<AtomicU64>,
 }
 
-impl OnBoard {
+impl<'a> OnBoard<'a> {
     pub(crate) fn new(
-        engine: &Arc<Engine>,
+        board: &'a RebuildBoard,
         replica: &str,
         incremental: bool,
         total: u64,
-    ) -> OnBoard {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    ) -> OnBoard<'a> {
+        let id = board.next_id.fetch_add(1, Ordering::Relaxed);
         let done = Arc::new(AtomicU64::new(0));
-        lock(&BOARD).push(Running {
+        lock(&board.running).push(Running {
             id,
-            engine: engine_key(engine),
-            volume: engine.config.volume.clone(),
             replica: replica.to_string(),
             incremental,
             total,
             done: done.clone(),
             started: Instant::now(),
         });
-        OnBoard { id, done }
+        OnBoard { board, id, done }
     }
 
     /// Counts `bytes` more copied; returns the bytes copied so far.
@@ -113,31 +112,16 @@ impl OnBoard {
     }
 }
 
-impl Drop for OnBoard {
+impl Drop for OnBoard<'_> {
     fn drop(&mut self) {
-        lock(&BOARD).retain(|r| r.id != self.id);
+        lock(&self.board.running).retain(|r| r.id != self.id);
     }
 }
 
-/// The rebuilds running now for the volume named `volume` (its engine's
-/// `EngineConfig::volume`), oldest first.
-pub fn rebuilds_in_progress(volume: &str) -> Vec<RebuildProgress> {
-    lock(&BOARD)
-        .iter()
-        .filter(|r| r.volume == volume)
-        .map(Running::view)
-        .collect()
-}
-
-impl Engine {
-    /// The rebuilds this engine runs now, oldest first.
+impl crate::engine::Engine {
+    /// The rebuilds this engine runs now, oldest first (also in `EngineStatus::rebuilds`).
     pub fn rebuild_progress(&self) -> Vec<RebuildProgress> {
-        let key = engine_key(self);
-        lock(&BOARD)
-            .iter()
-            .filter(|r| r.engine == key)
-            .map(Running::view)
-            .collect()
+        self.rebuilds.view()
     }
 }
 
