@@ -59,7 +59,9 @@ impl ControllerService {
         let block = single_node_capabilities(&req.volume_capabilities)?;
         let capacity = volume_capacity(req.capacity_range.as_ref(), Layout::Image)?;
         // A source that does not exist is NOT_FOUND, as the spec asks.
-        let source = self.replicated_source(req.volume_content_source.as_ref(), capacity)?;
+        let source = self
+            .replicated_source(req.volume_content_source.as_ref(), capacity)
+            .await?;
 
         let _name_lock = self
             .locks()

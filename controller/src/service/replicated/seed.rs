@@ -17,7 +17,6 @@ use warren_core::ids::{self, Layout, ReplicatedSnapshotId, SnapshotId, VolumeId}
 use warren_core::storage::{SeedSource, SeedTarget};
 use warren_core::{Error, Result};
 
-use crate::records::State;
 use crate::replicated_record::{ReplicatedRecord, ReplicatedSource};
 use crate::service::{parse_id, ControllerService};
 
@@ -39,7 +38,7 @@ impl ControllerService {
     /// The source a CreateVolume of a replicated volume names, checked: NOT_FOUND when it
     /// does not exist, INVALID_ARGUMENT when it cannot be copied into a block volume,
     /// OUT_OF_RANGE when it is larger than the new volume.
-    pub(super) fn replicated_source(
+    pub(super) async fn replicated_source(
         &self,
         source: Option<&VolumeContentSource>,
         capacity: u64,
@@ -57,20 +56,24 @@ impl ControllerService {
                 let vol = self.ready_replicated(&v.volume_id)?;
                 (ReplicatedSource::Volume(vol.id), vol.capacity_bytes)
             }
+            // A local source's record may be another process's (in the edge mode each
+            // node makes its own local volumes): its node is asked.
             Some(Type::Snapshot(s)) => {
                 let missing =
                     || Error::NotFound(format!("source snapshot {} does not exist", s.snapshot_id));
                 let id = parse_id("snapshot source id", &s.snapshot_id, SnapshotId::parse)?
                     .ok_or_else(missing)?;
-                let info = self
-                    .records()
-                    .snapshot(&id.key)
-                    .filter(|r| r.id == id && r.state == State::Ready)
-                    .and_then(|r| r.info)
-                    .ok_or_else(missing)?;
                 if id.layout != Layout::Image {
                     return Err(not_an_image(&s.snapshot_id));
                 }
+                let node = self.nodes().get(&id.node).map_err(|_| missing())?;
+                let info = node
+                    .list_snapshots()
+                    .await
+                    .map_err(|e| from_node(&id.node, e))?
+                    .into_iter()
+                    .find(|info| info.id == id && info.ready)
+                    .ok_or_else(missing)?;
                 (ReplicatedSource::LocalSnapshot(id), info.size_bytes)
             }
             Some(Type::Volume(v)) => {
@@ -78,15 +81,15 @@ impl ControllerService {
                     || Error::NotFound(format!("source volume {} does not exist", v.volume_id));
                 let id = parse_id("source volume id", &v.volume_id, VolumeId::parse)?
                     .ok_or_else(missing)?;
-                let vol = self
-                    .records()
-                    .volume(&id.key)
-                    .filter(|r| r.id == id && r.state == State::Ready)
-                    .ok_or_else(missing)?;
                 if id.layout != Layout::Image {
                     return Err(not_an_image(&v.volume_id));
                 }
-                (ReplicatedSource::LocalVolume(id), vol.capacity_bytes)
+                let node = self.nodes().get(&id.node).map_err(|_| missing())?;
+                let info = node.get_volume(id.clone()).await.map_err(|e| match e {
+                    Error::NotFound(_) => missing(),
+                    e => from_node(&id.node, e),
+                })?;
+                (ReplicatedSource::LocalVolume(id), info.capacity_bytes)
             }
             None => {
                 return Err(Error::InvalidArgument(
