@@ -222,19 +222,9 @@ async fn attach(args: &Args, target: Arc<dyn BlockTarget>) -> Result<Attached, S
         _ => {
             let dev = nbd::attach_kernel(&args.nbd_device, target).map_err(|e| e.to_string())?;
             // The kernel sizes the disk when NBD_DO_IT starts; wait for it.
-            let name = args.nbd_device.file_name().unwrap().to_string_lossy();
-            let sys = format!("/sys/block/{name}/size");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let sectors = std::fs::read_to_string(&sys).unwrap_or_default();
-                if sectors.trim().parse::<u64>().unwrap_or(0) > 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("{sys} still 0 after 10 s"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            dev.started(Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
             println!("info: {} attached", args.nbd_device.display());
             Ok(Attached::Nbd(dev))
         }

@@ -180,7 +180,13 @@ pub async fn attach_frontend(
             // The module may not be loaded yet; modprobe creates the device nodes.
             let _ = std::process::Command::new("modprobe").arg("nbd").status();
             let dev = free_nbd_device()?;
-            Device::Nbd(nbd::attach_kernel(&dev, target).map_err(replica_error)?)
+            let attached = nbd::attach_kernel(&dev, target).map_err(replica_error)?;
+            // Before anything reads it (stage probes it for a file system).
+            if let Err(e) = attached.started(Duration::from_secs(10)).await {
+                let _ = attached.detach().await;
+                return Err(replica_error(e).into());
+            }
+            Device::Nbd(attached)
         }
         FrontendKind::Fuse | FrontendKind::Auto => {
             let dir = fuse_dir.join(volume);

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{serve_transmission, TRANSMISSION_FLAGS};
 use crate::error::{Error, Result};
@@ -35,9 +36,26 @@ fn nbd_ioctl(fd: RawFd, nr: u8, arg: u64) -> std::io::Result<()> {
     }
 }
 
-/// A `/dev/nbdX` attached to a [`BlockTarget`] by [`attach_kernel`].
+/// The size the kernel shows for a block device (BLKGETSIZE64).
+fn device_size(fd: RawFd) -> std::io::Result<u64> {
+    let request = nix::request_code_read!(0x12, 114, std::mem::size_of::<u64>());
+    let mut bytes: u64 = 0;
+    // SAFETY: `fd` is an open block device and BLKGETSIZE64 writes one u64 through the
+    // pointer, which points at a live u64.
+    let rc = unsafe { libc::ioctl(fd, request as _, &mut bytes as *mut u64) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// A `/dev/nbdX` attached to a [`BlockTarget`] by [`attach_kernel`]; it serves I/O once
+/// [`KernelNbd::started`] says so.
 pub struct KernelNbd {
     device: PathBuf,
+    /// The size the device is configured with (whole blocks).
+    size: u64,
     file: Arc<File>,
     /// Our copy of the kernel's end of the socket pair; the kernel holds its own.
     _kernel_end: UnixStream,
@@ -129,6 +147,7 @@ pub fn attach_kernel(device: &Path, target: Arc<dyn BlockTarget>) -> Result<Kern
     tracing::info!(device = %device.display(), size, block, "NBD device attached");
     Ok(KernelNbd {
         device: device.to_path_buf(),
+        size: size / block * block,
         file,
         _kernel_end: kernel_end,
         do_it: Some(do_it),
@@ -139,6 +158,31 @@ pub fn attach_kernel(device: &Path, target: Arc<dyn BlockTarget>) -> Result<Kern
 impl KernelNbd {
     pub fn device(&self) -> &Path {
         &self.device
+    }
+
+    /// Waits until the kernel shows the device at its size. `NBD_DO_IT` starts the device
+    /// in its own thread, and until it has, the device reads as empty: a probe of its
+    /// contents (is there a file system?) would see nothing, or an error. UNAVAILABLE
+    /// after `timeout`.
+    pub async fn started(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let shown = device_size(self.file.as_raw_fd()).map_err(Error::io(format!(
+                "BLKGETSIZE64 on {}",
+                self.device.display()
+            )))?;
+            if shown == self.size {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{} shows {shown} bytes, not {}, {timeout:?} after NBD_DO_IT",
+                    self.device.display(),
+                    self.size
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Disconnects the device (`NBD_DISCONNECT`, then `NBD_CLEAR_SOCK`), waits for
