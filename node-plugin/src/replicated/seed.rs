@@ -21,8 +21,8 @@ use warren_core::durable::read_json;
 use warren_core::ids::{Layout, SnapshotId, VolumeId};
 use warren_core::storage::{NodeStorage, SeedReport, SeedSource, SeedTarget};
 use warren_core::Error as CoreError;
-use warren_replica::engine::{EngineConfig, ReplicaAddress};
 
+use super::stage::engine_config;
 use super::{replica_error, ReplicaHost};
 use crate::error::Result;
 use crate::local::{LocalStore, SnapshotMeta, IMAGE, META};
@@ -147,24 +147,12 @@ impl Seeder<'_> {
 
     /// Writes `file` into the target through an engine of this node's own.
     async fn fill(&self, target: &SeedTarget, file: PathBuf) -> Result<SeedReport> {
-        let replicas = target
-            .replicas
-            .iter()
-            .map(|r| ReplicaAddress {
-                replica: r.node.clone(),
-                address: r.endpoint.clone(),
-            })
-            .collect();
-        let mut config = EngineConfig::new(
+        let config = engine_config(
+            self.host,
             target.volume.replica_name(),
             target.size_bytes,
-            replicas,
-            self.host.token().clone(),
+            &target.replicas,
         );
-        if target.replicas.iter().any(|r| r.node == self.host.node()) {
-            config.local = Some(self.host.node().to_string());
-        }
-        config.in_process = Some(self.host.service().clone());
         let outcome = warren_replica::seed::seed_from_file(config, &file)
             .await
             .map_err(|e| match e {

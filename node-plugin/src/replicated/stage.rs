@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use warren_core::capability::{Access, Requested};
 use warren_core::ids::ReplicatedVolumeId;
-use warren_core::params::ReplicatedContext;
+use warren_core::params::{ReplicaEndpoint, ReplicatedContext};
 use warren_core::Error as CoreError;
 use warren_replica::engine::{Engine, EngineConfig, ReplicaAddress};
 use warren_replica::frontend::select::FrontendKind;
@@ -56,23 +56,27 @@ fn users_of<'a>(mounts: &'a [MountEntry], device: &Path) -> Option<&'a MountEntr
         .find(|m| Path::new(&m.source) == device || Some(&m.root) == node.as_ref())
 }
 
-/// The engine's configuration from the volume context: the node's own replica, when it
-/// holds one, is read from first and reached in process.
-fn engine_config(host: &ReplicaHost, name: &str, context: &ReplicatedContext) -> EngineConfig {
-    let replicas = context
-        .replicas
+/// The configuration of an engine on this node over `replicas`: the node's own replica,
+/// when it holds one, is read from first and reached in process. Used to stage a volume
+/// (from its volume context) and to seed a new one.
+pub(super) fn engine_config(
+    host: &ReplicaHost,
+    name: &str,
+    size: u64,
+    replicas: &[ReplicaEndpoint],
+) -> EngineConfig {
+    let addresses = replicas
         .iter()
         .map(|r| ReplicaAddress {
             replica: r.node.clone(),
             address: r.endpoint.clone(),
         })
         .collect();
-    let mut config = EngineConfig::new(name, context.size_bytes, replicas, host.token().clone());
-    if context.replicas.iter().any(|r| r.node == host.node()) {
+    let mut config = EngineConfig::new(name, size, addresses, host.token().clone());
+    if replicas.iter().any(|r| r.node == host.node()) {
         config.local = Some(host.node().to_string());
     }
     config.in_process = Some(host.service().clone());
-    config.rebuild_rate = context.rebuild_rate;
     config
 }
 
@@ -165,7 +169,8 @@ impl ReplicatedStager {
 
     /// Keeps trying while the replicas say "not yet" (UNAVAILABLE, busy), for a bounded time.
     async fn start_engine(&self, name: &str, context: &ReplicatedContext) -> Result<Arc<Engine>> {
-        let config = engine_config(&self.host, name, context);
+        let mut config = engine_config(&self.host, name, context.size_bytes, &context.replicas);
+        config.rebuild_rate = context.rebuild_rate;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match Engine::start(config.clone()).await {

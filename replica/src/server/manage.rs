@@ -176,24 +176,7 @@ impl ReplicaService {
     pub async fn grow_replica(&self, volume: &str, size: u64) -> Result<ReplicaState> {
         crate::names::check_volume(volume)?;
         check_size(size)?;
-        let existing = lock(&self.volumes).get(volume).cloned();
-        let open = match existing {
-            Some(open) => open,
-            None => {
-                let (root, replica, name) =
-                    (self.root.clone(), self.replica.clone(), volume.to_string());
-                let opened = blocking(move || {
-                    let Some(state) = read_state(&root.join(&name))? else {
-                        return Err(Error::NotFound(format!(
-                            "no replica of {name} on {replica}"
-                        )));
-                    };
-                    ReplicaVolume::open(&root, &replica, &name, state.size, false)
-                })
-                .await?;
-                self.keep_open(volume, opened)
-            }
-        };
+        let open = self.open_existing(volume).await?;
         blocking(move || open.volume.grow(size)).await
     }
 

@@ -57,7 +57,7 @@ impl ReplicaService {
             return Ok(existing);
         }
         let copying = self.hold_for_copy(volume).await?;
-        let open = self.open_for_copy(volume).await?;
+        let open = self.open_existing(volume).await?;
         let (snapshots, name, replica) = (
             self.snapshots.clone(),
             name.to_string(),
@@ -115,8 +115,9 @@ impl ReplicaService {
         }
     }
 
-    /// The replica of `volume` from the table, opened into it if it is not there.
-    async fn open_for_copy(&self, volume: &str) -> Result<Arc<OpenVolume>> {
+    /// The replica of `volume` from the table, opened into it if it is not there;
+    /// NOT_FOUND when this service keeps none (also for growing it, `manage.rs`).
+    pub(super) async fn open_existing(&self, volume: &str) -> Result<Arc<OpenVolume>> {
         if let Some(open) = lock(&self.volumes).get(volume).cloned() {
             return Ok(open);
         }
