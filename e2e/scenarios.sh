@@ -497,8 +497,9 @@ s_all_gone() {
     root="$(warren_storage_root "$node")"
     # (A directory that was never made is not an error: pipefail is on.)
     left="$( (find "$root/volumes" "$root/snapshots" -mindepth 1 -maxdepth 1 || true
-      find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse || true
-      find "$root/replicas/.fuse" -mindepth 1 -maxdepth 1 || true) 2>/dev/null | sort)"
+      find "$root/replicas" -mindepth 1 -maxdepth 1 ! -name .lock ! -name .fuse ! -name .snapshots || true
+      # The directories of FUSE mounts and of snapshot copies stay; they must be empty.
+      find "$root/replicas/.fuse" "$root/replicas/.snapshots" -mindepth 1 -maxdepth 1 || true) 2>/dev/null | sort)"
     if [[ $node == "$NODE1" && -n $want ]]; then
       [[ $left == "$want" ]] || fail "left in $root: '${left//$'\n'/ }', want only the retained volume $want"
     else
@@ -512,7 +513,7 @@ s_all_gone() {
   local mounts
   mounts="$(grep -c 'kubernetes.io/csi' /proc/self/mountinfo || true)"
   ((mounts == 0)) || fail "$mounts CSI mounts left: $(grep 'kubernetes.io/csi' /proc/self/mountinfo)"
-  echo "no PV, snapshot content, loop device, CSI mount, replica or unretained volume left"
+  echo "no PV, snapshot content, loop device, CSI mount, replica, snapshot copy or unretained volume left"
 }
 
 # Run once after both modes are torn down (not in SCENARIOS): nothing Warren attached during
