@@ -126,19 +126,10 @@ impl ReplicatedGauges {
             return;
         };
         let staged = host.staged().await;
-        let progress: HashMap<String, Vec<RebuildProgress>> = staged
-            .iter()
-            .map(|v| (v.volume.clone(), v.status.rebuilds.clone()))
-            .collect();
-        self.record(&staged, &progress, Instant::now()).await;
+        self.record(&staged, Instant::now()).await;
     }
 
-    async fn record(
-        &self,
-        staged: &[StagedVolume],
-        progress: &HashMap<String, Vec<RebuildProgress>>,
-        now: Instant,
-    ) {
+    async fn record(&self, staged: &[StagedVolume], now: Instant) {
         let mut since = self.degraded_since.lock().await;
         since.retain(|volume, _| staged.iter().any(|v| &v.volume == volume));
         for family in [
@@ -176,9 +167,8 @@ impl ReplicatedGauges {
                 0.0
             };
             self.degraded_seconds.get_or_create(&labels).set(seconds);
-            let running = progress.get(&v.volume).map(Vec::as_slice).unwrap_or(&[]);
             let sum = |f: fn(&RebuildProgress) -> u64| {
-                i64::try_from(running.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
+                i64::try_from(v.status.rebuilds.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
             };
             self.rebuild_done
                 .get_or_create(&labels)
@@ -230,28 +220,20 @@ mod tests {
         let mut registry = Registry::with_prefix("warren");
         let gauges = ReplicatedGauges::register(&mut registry);
         let t0 = Instant::now();
-        let none = HashMap::new();
-        let rebuilding_b = HashMap::from([(
-            "b".to_string(),
-            vec![RebuildProgress {
-                replica: "n2".into(),
-                incremental: true,
-                bytes_done: 8 << 20,
-                bytes_total: 32 << 20,
-                elapsed: Duration::from_secs(2),
-            }],
-        )]);
+        let mut rebuilding_b = staged("b", &["n1"]);
+        rebuilding_b.status.rebuilds = vec![RebuildProgress {
+            replica: "n2".into(),
+            incremental: true,
+            bytes_done: 8 << 20,
+            bytes_total: 32 << 20,
+            elapsed: Duration::from_secs(2),
+        }];
         gauges
-            .record(
-                &[staged("a", &["n1", "n2"]), staged("b", &["n1"])],
-                &none,
-                t0,
-            )
+            .record(&[staged("a", &["n1", "n2"]), staged("b", &["n1"])], t0)
             .await;
         gauges
             .record(
-                &[staged("a", &["n1", "n2"]), staged("b", &["n1"])],
-                &rebuilding_b,
+                &[staged("a", &["n1", "n2"]), rebuilding_b],
                 t0 + Duration::from_secs(7),
             )
             .await;
@@ -272,11 +254,7 @@ mod tests {
         }
         // Healthy again: back to 0; a volume no longer staged is gone.
         gauges
-            .record(
-                &[staged("b", &["n1", "n2"])],
-                &none,
-                t0 + Duration::from_secs(9),
-            )
+            .record(&[staged("b", &["n1", "n2"])], t0 + Duration::from_secs(9))
             .await;
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();

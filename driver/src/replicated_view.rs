@@ -12,7 +12,6 @@ use warren_kube::replicated_view::{
     RebuildView,
 };
 use warren_node::replicated::{ReplicaHost, StagedVolume};
-use warren_replica::heal::RebuildProgress;
 
 /// Writes the status of the volumes whose engines run on this node, until `stop`.
 pub fn spawn_status_writer(host: Arc<ReplicaHost>, node: String, stop: watch::Receiver<bool>) {
@@ -40,15 +39,11 @@ pub fn spawn_object_keeper(only_replicas_of: Option<String>, stop: watch::Receiv
 }
 
 async fn engine_views(host: &ReplicaHost) -> Vec<EngineView> {
-    host.staged()
-        .await
-        .iter()
-        .map(|v| view_of(v, &v.status.rebuilds))
-        .collect()
+    host.staged().await.iter().map(view_of).collect()
 }
 
 /// A staged volume's engine in the status's terms, with its rebuilds in progress.
-pub fn view_of(staged: &StagedVolume, progress: &[RebuildProgress]) -> EngineView {
+pub fn view_of(staged: &StagedVolume) -> EngineView {
     let status = &staged.status;
     EngineView {
         key: staged.volume.clone(),
@@ -60,7 +55,8 @@ pub fn view_of(staged: &StagedVolume, progress: &[RebuildProgress]) -> EngineVie
             .iter()
             .map(|replica| RebuildView {
                 replica: replica.clone(),
-                progress: progress
+                progress: status
+                    .rebuilds
                     .iter()
                     .find(|p| &p.replica == replica)
                     .map(|p| RebuildBytes {
@@ -85,7 +81,7 @@ mod tests {
     use std::time::Duration;
 
     use warren_replica::engine::EngineStatus;
-    use warren_replica::heal::RebuildStats;
+    use warren_replica::heal::{RebuildProgress, RebuildStats};
 
     use super::*;
 
@@ -105,17 +101,16 @@ mod tests {
                     bytes: 2 << 20,
                     elapsed: Duration::from_micros(1_234_567),
                 }),
-                rebuilds: vec![],
+                rebuilds: vec![RebuildProgress {
+                    replica: "n2".into(),
+                    incremental: false,
+                    bytes_done: 10,
+                    bytes_total: 40,
+                    elapsed: Duration::from_secs(1),
+                }],
             },
         };
-        let progress = [RebuildProgress {
-            replica: "n2".into(),
-            incremental: false,
-            bytes_done: 10,
-            bytes_total: 40,
-            elapsed: Duration::from_secs(1),
-        }];
-        let view = view_of(&staged, &progress);
+        let view = view_of(&staged);
         assert_eq!((view.key.as_str(), view.generation), ("k", 4));
         assert_eq!(
             view.rebuilding,
