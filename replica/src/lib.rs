@@ -10,6 +10,7 @@ pub use error::{Error, Result};
 pub use target::{BlockTarget, FileTarget};
 pub mod auth;
 pub mod bitmap;
+mod blocking;
 pub mod client;
 pub mod engine;
 pub mod heal;

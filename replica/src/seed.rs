@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
+use crate::blocking::blocking;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::target::BlockTarget;
@@ -118,12 +119,6 @@ fn chunks_of(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
         at = next;
         Some(chunk)
     })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{OpenVolume, ReplicaService, MAX_VOLUME_SIZE};
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::locks::lock;
 use crate::volume::{ReplicaState, ReplicaVolume};
@@ -48,14 +49,6 @@ pub(super) fn read_state(dir: &Path) -> Result<Option<ReplicaState>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("read {}", path.display()))(e)),
     }
-}
-
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 impl ReplicaService {

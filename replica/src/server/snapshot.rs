@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::manage::{blocking, read_state, RELEASE_GRACE};
+use super::manage::{read_state, RELEASE_GRACE};
 use super::{OpenVolume, ReplicaService};
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::locks::lock;
 use crate::messages::SnapshotRequest;
