@@ -156,19 +156,6 @@ pub fn run_cell(
     access: &str,
     min_specs: usize,
 ) {
-    run_cell_skipping(name, processes, parameters, access, min_specs, &[]);
-}
-
-/// `run_cell`, with csi-sanity's specs matching `skip` (ginkgo regexps) left out. Each
-/// pattern's reason is the caller's to state where the cell is defined.
-pub fn run_cell_skipping(
-    name: &str,
-    processes: Processes,
-    parameters: &str,
-    access: &str,
-    min_specs: usize,
-    skip_specs: &[&str],
-) {
     let Some(sanity) = csi_sanity() else {
         return skip(
             "WARREN_REQUIRE_SANITY",
@@ -235,9 +222,8 @@ pub fn run_cell_skipping(
         .arg("--ginkgo.no-color")
         .arg("--ginkgo.v")
         .arg("--ginkgo.timeout=10m");
-    let skipped: Vec<&str> = GINKGO_SKIP.iter().chain(skip_specs).copied().collect();
-    if !skipped.is_empty() {
-        cmd.arg(format!("--ginkgo.skip={}", skipped.join("|")));
+    if !GINKGO_SKIP.is_empty() {
+        cmd.arg(format!("--ginkgo.skip={}", GINKGO_SKIP.join("|")));
     }
     let out = cmd.output().expect("run csi-sanity");
     let text = format!(

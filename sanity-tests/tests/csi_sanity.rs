@@ -104,32 +104,28 @@ fn split_dir_mount() {
 /// Every spec csi-sanity runs for these capabilities runs here, snapshots, restores and
 /// clones of replicated volumes included (2026-12-08); the ModifyVolume specs are
 /// csi-sanity's own skips (Warren does not offer MODIFY_VOLUME yet).
-const REPLICATED_SKIPS: &[&str] = &[];
-
 /// The replicated cells run 69 of 96 specs on 2026-12-08 (controller + two nodes), like the
 /// other split cells.
 const REPLICATED_SPECS: usize = 69;
 
 #[test]
 fn split_replicated_mount() {
-    warren_sanity_tests::run_cell_skipping(
+    warren_sanity_tests::run_cell(
         "split-replicated-mount",
         Processes::SplitReplicated(2),
         "backend: replicated\nreplicas: \"2\"\nfsType: xfs\n",
         "mount",
         REPLICATED_SPECS,
-        REPLICATED_SKIPS,
     );
 }
 
 #[test]
 fn split_replicated_block() {
-    warren_sanity_tests::run_cell_skipping(
+    warren_sanity_tests::run_cell(
         "split-replicated-block",
         Processes::SplitReplicated(2),
         "backend: replicated\nreplicas: \"2\"\n",
         "block",
         REPLICATED_SPECS,
-        REPLICATED_SKIPS,
     );
 }
